@@ -1,0 +1,130 @@
+"""Benchmark run.py: learning over several seeds, and raw training throughput.
+
+Learning:    python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
+    trains once per seed (in parallel, up to the core count), prints a markdown table per
+    seed and the aggregate, and plots every seed's evaluation curve to --plot.
+Throughput:  python bench.py --throughput --steps 20000
+    trains in the 2018 tutorial's regime (one gradient step on a batch of 64 per env step,
+    a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X
+
+Each training is a separate `python run.py` process, timed from start to exit.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
+# runs every 16 steps with 16 gradient steps per compiled call (same ratio, less overhead).
+TUTORIAL_REGIME = ["--units", "32", "--batch-size", "64", "--train-freq", "16", "--gradient-steps", "16",
+                   "--learning-starts", "64", "--eval-every", "0", "--final-eval-episodes", "0"]
+
+
+def run_trainings(jobs: list[tuple[str, list[str]]], logdir: Path, parallel: int) -> dict[str, dict]:
+    """Run `run.py` once per (name, flags), `parallel` at a time; return name -> summary."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    pending, running, results = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, flags = pending.pop(0)
+            out = open(logdir / f"{name}.log", "w")
+            cmd = [sys.executable, str(HERE / "run.py"), "--name", name, "--logdir", str(logdir), *flags]
+            running[name] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), time.time(), out)
+        time.sleep(0.2)
+        for name, (proc, started, out) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            out.close()
+            del running[name]
+            summary_file = logdir / name / "summary.json"
+            summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
+            summary.update(process_seconds=round(time.time() - started, 1), exit_code=proc.returncode)
+            results[name] = summary
+            print(f"  {name}: exit {proc.returncode}, final eval {summary.get('final_eval_mean')}, "
+                  f"{summary['process_seconds']} s", file=sys.stderr, flush=True)
+    return results
+
+
+def fmt(x, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def learning_table(results: dict[str, dict]) -> str:
+    rows = ["| seed | final eval (100 ep.) | solved | first eval ≥ threshold at step | wall s | steps/s | peak RSS MiB |",
+            "|---:|---:|:---:|---:|---:|---:|---:|"]
+    for s in results.values():
+        rows.append(f"| {s.get('seed', '?')} | {fmt(s.get('final_eval_mean'))} ± {fmt(s.get('final_eval_std'))} | "
+                    f"{'yes' if s.get('solved') else 'no'} | {fmt(s.get('first_solved_step'), 'd')} | "
+                    f"{s['process_seconds']:.0f} | {fmt(s.get('steps_per_second'), '.0f')} | "
+                    f"{fmt(s.get('peak_rss_mb'), '.0f')} |")
+    solved = sum(bool(s.get("solved")) for s in results.values())
+    wall = statistics.median(s["process_seconds"] for s in results.values())
+    rows.append(f"\nsolved: {solved}/{len(results)}, median wall seconds: {wall:.0f}")
+    return "\n".join(rows)
+
+
+def plot_curves(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s in results.values():
+        if s.get("evals"):
+            steps, means = zip(*s["evals"])
+            ax.plot(steps, means, label=f"seed {s['seed']}", alpha=0.8)
+    threshold = next((s.get("solved_threshold") for s in results.values() if s.get("solved_threshold")), None)
+    if threshold is not None:
+        ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"solved ({threshold})")
+    env = next(iter(results.values())).get("env", "")
+    ax.set(xlabel="environment steps", ylabel="greedy evaluation return", title=f"DQN on {env}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one training per seed")
+    p.add_argument("--parallel", type=int, default=os.cpu_count(), help="trainings at a time")
+    p.add_argument("--name", default=time.strftime("bench-%Y%m%d-%H%M%S"), help="runs go to LOGDIR/NAME")
+    p.add_argument("--logdir", default="runs", help="root folder for the runs")
+    p.add_argument("--plot", default=None, help="PNG of every seed's evaluation curve (default: LOGDIR/NAME/curves.png)")
+    p.add_argument("--throughput", action="store_true", help="measure training steps/s in the tutorial's regime")
+    p.add_argument("--steps", type=int, default=None, help="env steps per training (default: run.py's)")
+    p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
+    p.add_argument("flags", nargs="*", help="extra run.py flags, after --")
+    a = p.parse_args()
+    root = Path(a.logdir) / a.name
+    steps = [] if a.steps is None else ["--steps", str(a.steps)]
+
+    if a.throughput:
+        # One at a time: parallel trainings would compete for the same cores.
+        sps = []
+        for r in range(a.repeats):
+            res = run_trainings([(f"throughput-{r}", [*TUTORIAL_REGIME, *steps, *a.flags])], root, 1)
+            sps.append(next(iter(res.values())).get("steps_per_second", 0.0))
+        print(f"runs: {', '.join(f'{x:.0f}' for x in sps)} steps/s")
+        print(f"steps_per_second: {statistics.median(sps):.0f}")
+        return 0
+
+    jobs = [(f"seed{seed}", ["--seed", str(seed), *steps, *a.flags]) for seed in a.seeds]
+    results = run_trainings(jobs, root, a.parallel)
+    table = learning_table(results)
+    plot_curves(results, Path(a.plot) if a.plot else root / "curves.png")
+    (root / "table.md").write_text(table + "\n")
+    print(f"command: python bench.py --seeds {' '.join(map(str, a.seeds))} {' '.join(steps + a.flags)}".rstrip())
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
