@@ -44,7 +44,7 @@ class Parser(argparse.ArgumentParser):
 
 def fail(message: str) -> None:
     """Bad input: one line on stderr saying what is wrong and what to do, exit code 2."""
-    print(f"run.py: error: {message}", file=sys.stderr)
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -151,6 +151,11 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
         fail(f"env {env_id!r} needs a flat Box observation for this Q-network, "
              f"it has {env.observation_space}")
+    space = env.observation_space
+    if np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+        # Scale bounded observations to [-1, 1]: MountainCar's velocity spans +-0.07 and its
+        # position [-1.2, 0.6]; unscaled, the network can hardly tell velocities apart.
+        env = gym.wrappers.RescaleObservation(env, -np.ones_like(space.low), np.ones_like(space.high))
     return env
 
 
@@ -181,7 +186,7 @@ def load_model(path: str, env: gym.Env) -> keras.Model:
     if not Path(path).is_file():
         fail(f"no model file at {path}; pass a snapshot such as runs/<name>/final.keras")
     try:
-        model = keras.models.load_model(path)
+        model = keras.models.load_model(path, compile=False)  # playing needs no optimizer
     except Exception as e:  # noqa: BLE001 - any reason a file is not a model gets the same answer
         fail(f"{path} is not a loadable Keras model ({type(e).__name__}); pass a .keras or .h5 snapshot")
     obs_dim, n_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
@@ -237,6 +242,7 @@ def bellman_targets(target_model: keras.Model, reward, next_obs, terminated, gam
     is stored with terminated = 0 and still bootstraps. The separate, periodically copied
     target network keeps y from chasing the weights being updated (Mnih et al. 2015).
     """
+    next_obs = tf.convert_to_tensor(next_obs)
     ones = tf.ones((tf.shape(next_obs)[0], target_model.output_shape[-1]))
     q_next = target_model([next_obs, ones])
     return reward + gamma * (1.0 - terminated) * tf.reduce_max(q_next, axis=1)
@@ -380,7 +386,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             mean_loss = float(np.mean(losses)) if losses else float("nan")
             for tag, value in [("train/loss", mean_loss), ("train/epsilon", epsilon),
                                ("perf/steps_per_second", sps), ("perf/rss_mb", rss)]:
-                log.scalar(tag, value, step)
+                if np.isfinite(value):  # no loss yet before learning starts
+                    log.scalar(tag, value, step)
             bar.write(f"episode {st['episode']:5d}  step {step:7d}  loss {mean_loss:8.4f}  "
                       f"return {last_return:7.1f}  epsilon {epsilon:.3f}  {sps:6.0f} steps/s  {rss:4.0f} MiB")
             t_log, step_log, losses = now, step, []
@@ -394,11 +401,14 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
                 st["first_solved_step"] = st["first_solved_step"] or step
         if step % args.snapshot_every == 0:
             model.save(run_dir / f"step_{step}.keras")
-            save_resume_state(run_dir, model, target, replay, rng, st, validation_obs)
+            now = dict(step=step, train_seconds=st["train_seconds"] + time.perf_counter() - t_start)
+            save_resume_state(run_dir, model, target, replay, rng, {**st, **now}, validation_obs)
         if step % 100 == 0:
             bar.update(100)
     bar.close()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if stop and status == "finished":
+        status = "interrupted"
     st["train_seconds"] += time.perf_counter() - t_start
 
     final_returns = None

@@ -1,0 +1,30 @@
+"""Shared helpers: the repo on sys.path, headless rendering, and running the real scripts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # render without a screen
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def script(name: str, *args, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    """Run one of the repo's scripts as a user would, in `cwd`."""
+    return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "SDL_VIDEODRIVER": "dummy"}, **popen)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One short real MountainCar training shared by the tests that need a run directory."""
+    cwd = tmp_path_factory.mktemp("trained")
+    r = script("run.py", "--steps", "3000", "--learning-starts", "500", "--eval-every", "1000",
+               "--eval-episodes", "2", "--final-eval-episodes", "3", "--snapshot-every", "2000",
+               "--name", "short", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    return cwd / "runs" / "short"

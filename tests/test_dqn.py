@@ -1,0 +1,129 @@
+"""The algorithm's pieces on small hand-made inputs, in process."""
+
+import numpy as np
+import pytest
+
+import run
+from replay_buffer import ReplayBuffer
+
+
+@pytest.fixture
+def model():
+    run.keras.utils.set_random_seed(0)
+    return run.create_model(obs_dim=2, n_actions=3, units=16, lr=1e-2, clip_norm=10.0)
+
+
+def constant_q_model(values, lr: float = 1e-3) -> "run.keras.Model":
+    """A Q-network whose Q(s, .) is `values` for every state: zero weights, output bias = values."""
+    m = run.create_model(2, len(values), 4, lr, 10.0)
+    m.set_weights([np.zeros_like(w) for w in m.get_weights()[:-1]] + [np.array(values, np.float32)])
+    return m
+
+
+def test_action_mask_selects_q_values(model):
+    obs = np.array([[0.1, -0.2], [0.3, 0.4]], np.float32)
+    all_q = model([obs, np.ones((2, 3), np.float32)]).numpy()
+    one_hot = np.eye(3, dtype=np.float32)[[2, 0]]
+    taken = model([obs, one_hot]).numpy()
+    np.testing.assert_allclose(taken, all_q * one_hot, rtol=1e-6)
+    assert taken[0, 0] == taken[0, 1] == 0 and taken[0, 2] == pytest.approx(all_q[0, 2])
+
+
+def test_numpy_forward_matches_keras(model):
+    obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    keras_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
+    np.testing.assert_allclose(run.q_values(run.numpy_weights(model), obs), keras_q, rtol=1e-5, atol=1e-6)
+    assert run.greedy_action(run.numpy_weights(model), obs[0]) == int(np.argmax(keras_q[0]))
+
+
+def test_bellman_target_bootstraps_through_truncation_not_termination():
+    target = constant_q_model([1.0, 2.0, 3.0])  # max_a' Q(s', a') = 3 everywhere
+    reward = np.array([-1.0, -1.0, 0.5], np.float32)
+    next_obs = np.zeros((3, 2), np.float32)
+    # transition 0 ended in a time-limit truncation: stored with terminated = 0
+    terminated = np.array([0.0, 1.0, 0.0], np.float32)
+    y = run.bellman_targets(target, reward, next_obs, terminated, gamma=0.9).numpy()
+    np.testing.assert_allclose(y, [-1 + 0.9 * 3, -1.0, 0.5 + 0.9 * 3], rtol=1e-6)
+
+
+def test_training_env_stores_truncation_as_not_terminated(trained_run):
+    # 3000 steps of MountainCar: 15 episodes truncated at 200 steps, none reached the flag
+    saved = np.load(trained_run / "resume" / "replay.npz")
+    assert len(saved["action"]) == 3000 and saved["terminated"].sum() == 0
+
+
+def test_fit_batch_moves_only_the_taken_action_toward_its_target():
+    model, target = constant_q_model([0.0, 0.0, 0.0], lr=0.02), constant_q_model([1.0, 1.0, 1.0])
+    model.set_weights([w + 0.01 for w in model.get_weights()])  # break the symmetry of zero weights
+    fit = run.make_fit_batch(model, target, gamma=0.5)
+    obs = np.ones((4, 8, 2), np.float32)
+    batch = dict(obs=obs, action=np.ones((4, 8), np.int32), reward=np.full((4, 8), 2.0, np.float32),
+                 next_obs=obs, terminated=np.zeros((4, 8), np.float32))  # y = 2 + 0.5 * 1 = 2.5
+    before = run.q_values(run.numpy_weights(model), obs[0, :1])[0]
+    losses = [float(fit(**batch)[0]) for _ in range(60)]
+    after = run.q_values(run.numpy_weights(model), obs[0, :1])[0]
+    assert losses[-1] < 0.01 * losses[0]
+    assert after[1] == pytest.approx(2.5, abs=0.05)
+    # the untaken actions share only the hidden layers, so they move much less
+    assert abs(after[0] - before[0]) < abs(after[1] - before[1])
+
+
+def test_fit_batch_returns_the_updated_weights(model):
+    target = run.create_model(2, 3, 16, 1e-2, 10.0)
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(100, (2,))
+    for _ in range(100):
+        buf.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False)
+    _, weights = run.make_fit_batch(model, target, 0.99)(**buf.sample(rng, (2, 16)))
+    for returned, current in zip(weights, run.numpy_weights(model)):
+        np.testing.assert_array_equal(returned.numpy(), current)
+
+
+def test_epsilon_schedule():
+    assert run.epsilon_at(0, 1.0, 0.1, 100) == 1.0
+    assert run.epsilon_at(50, 1.0, 0.1, 100) == pytest.approx(0.55)
+    assert run.epsilon_at(100, 1.0, 0.1, 100) == pytest.approx(0.1)
+    assert run.epsilon_at(10_000, 1.0, 0.1, 100) == pytest.approx(0.1)
+    assert run.epsilon_at(30, 0.2, 0.2, 100) == 0.2  # constant epsilon: start = end
+    assert run.epsilon_at(0, 1.0, 0.3, 0) == 0.3
+
+
+def test_epsilon_greedy_action(model):
+    weights, obs, rng = run.numpy_weights(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
+    greedy = run.greedy_action(weights, obs)
+    assert all(run.epsilon_greedy_action(weights, obs, 0.0, rng, 3) == greedy for _ in range(100))
+    counts = np.bincount([run.epsilon_greedy_action(weights, obs, 1.0, rng, 3) for _ in range(3000)], minlength=3)
+    assert counts.min() > 900  # uniform over the 3 actions
+
+
+def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
+    obs = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
+    ones = np.ones((20, 3), np.float32)
+    expected = model([obs, ones]).numpy()
+    for name in ("q.keras", "q.h5"):
+        model.save(tmp_path / name)
+        loaded = run.keras.models.load_model(tmp_path / name)
+        np.testing.assert_array_equal(loaded([obs, ones]).numpy(), expected)
+
+
+def test_resume_state_round_trip(tmp_path, model):
+    target = run.create_model(2, 3, 16, 1e-2, 10.0)
+    rng = np.random.default_rng(0)
+    replay = ReplayBuffer(50, (2,))
+    for _ in range(60):
+        replay.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False)
+    run.make_fit_batch(model, target, 0.99)(**replay.sample(rng, (3, 8)))  # gives Adam some state
+    st = dict(step=60, episode=0, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0, evals=[[50, -200.0]],
+              first_solved_step=None)
+    run.save_resume_state(tmp_path, model, target, replay, rng, st, replay.obs[:5])
+
+    target2, replay2, rng2 = run.create_model(2, 3, 16, 1e-2, 10.0), ReplayBuffer(50, (2,)), np.random.default_rng(99)
+    model2, st2, val = run.load_resume_state(tmp_path, target2, replay2, rng2)
+    assert st2 == st and rng2.random() == rng.random()
+    np.testing.assert_array_equal(val, replay.obs[:5])
+    np.testing.assert_array_equal(replay2.obs, replay.obs)
+    for a, b in zip(model2.get_weights() + target2.get_weights(), model.get_weights() + target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert int(model2.optimizer.iterations) == int(model.optimizer.iterations) == 3
+    for a, b in zip(model2.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
