@@ -56,7 +56,7 @@ def fmt(x, spec: str = ".1f") -> str:
 
 
 def learning_table(results: dict[str, dict]) -> str:
-    rows = ["| seed | final eval (100 ep.) | solved | first eval ≥ threshold at step | wall s | steps/s | peak RSS MiB |",
+    rows = ["| seed | final eval (100 ep.) | solved | first eval ≥ threshold at step | wall s | steps/s | RSS MiB |",
             "|---:|---:|:---:|---:|---:|---:|---:|"]
     for s in results.values():
         rows.append(f"| {s.get('seed', '?')} | {fmt(s.get('final_eval_mean'))} ± {fmt(s.get('final_eval_std'))} | "
@@ -78,7 +78,7 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for s in results.values():
         if s.get("evals"):
-            steps, means = zip(*s["evals"])
+            steps, means = zip(*s["evals"], strict=True)
             ax.plot(steps, means, label=f"seed {s['seed']}", alpha=0.8)
     threshold = next((s.get("solved_threshold") for s in results.values() if s.get("solved_threshold")), None)
     if threshold is not None:
@@ -97,7 +97,7 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=os.cpu_count(), help="trainings at a time")
     p.add_argument("--name", default=time.strftime("bench-%Y%m%d-%H%M%S"), help="runs go to LOGDIR/NAME")
     p.add_argument("--logdir", default="runs", help="root folder for the runs")
-    p.add_argument("--plot", default=None, help="PNG of every seed's evaluation curve (default: LOGDIR/NAME/curves.png)")
+    p.add_argument("--plot", default=None, help="PNG of the evaluation curves (default: LOGDIR/NAME/curves.png)")
     p.add_argument("--throughput", action="store_true", help="measure training steps/s in the tutorial's regime")
     p.add_argument("--steps", type=int, default=None, help="env steps per training (default: run.py's)")
     p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")

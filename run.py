@@ -66,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     net = p.add_argument_group("Q-network and optimiser")
     net.add_argument("--units", type=int, default=64, help="width of each of the two hidden ReLU layers")
     net.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    net.add_argument("--lr-end", type=float, default=None,
+                     help="anneal the learning rate linearly to this by the last step (default: constant)")
     net.add_argument("--clip-norm", type=float, default=10.0, help="clip the global gradient norm to this")
+    net.add_argument("--loss", choices=["mse", "huber"], default="mse",
+                     help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
 
     dqn = p.add_argument_group("DQN")
     dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
@@ -162,7 +166,8 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 # --------------------------------------------------------------------------- Q-network
 
 
-def create_model(obs_dim: int, n_actions: int, units: int, lr: float, clip_norm: float) -> keras.Model:
+def create_model(obs_dim: int, n_actions: int, units: int, lr, clip_norm: float,
+                 loss: str = "mse") -> keras.Model:
     """Q(s, .) for all actions, multiplied by an action mask.
 
     With an all-ones mask one forward pass gives every action's Q-value (for acting and
@@ -177,7 +182,7 @@ def create_model(obs_dim: int, n_actions: int, units: int, lr: float, clip_norm:
     model = keras.Model([obs, mask], keras.layers.Multiply()([q, mask]))
     # A loss object, not the string "mse": .h5 files of models compiled with "mse" do not load back.
     model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm),
-                  loss=keras.losses.MeanSquaredError())
+                  loss=keras.losses.Huber() if loss == "huber" else keras.losses.MeanSquaredError())
     return model
 
 
@@ -210,7 +215,7 @@ def numpy_weights(model: keras.Model) -> list[np.ndarray]:
 def q_values(weights: list[np.ndarray], obs: np.ndarray) -> np.ndarray:
     """The Q-network's forward pass in numpy (all-ones mask): ReLU layers, then linear."""
     h = obs
-    for w, b in zip(weights[0:-2:2], weights[1:-2:2]):
+    for w, b in zip(weights[0:-2:2], weights[1:-2:2], strict=True):
         h = np.maximum(h @ w + b, 0.0)
     return h @ weights[-2] + weights[-1]
 
@@ -269,7 +274,7 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, gamma: float):
                 # Masked prediction vs masked target: only the taken action's error counts.
                 loss = model.loss(mask * y[i][:, None], model([obs[i], mask], training=True))
             grads = tape.gradient(loss, model.trainable_variables)
-            model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             total += loss
         # Returning the new weights lets the caller copy them to numpy for acting at no
         # extra cost (reading the variables in separate calls costs ~0.1 ms each).
@@ -315,8 +320,12 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     obs_dim, n_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = create_model(obs_dim, n_actions, args.units, args.lr, args.clip_norm)
-    target = create_model(obs_dim, n_actions, args.units, args.lr, args.clip_norm)
+    lr = args.lr
+    if args.lr_end is not None:  # the schedule counts gradient steps, not env steps
+        updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps
+        lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
+    model = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss)
+    target = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss)
     target.set_weights(model.get_weights())
     replay = ReplayBuffer(args.buffer_size, (obs_dim,))
     st = dict(step=0, episode=0, train_seconds=0.0, compile_seconds=0.0, wall_seconds=0.0, evals=[],
@@ -328,7 +337,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     weights = numpy_weights(model)
     log = TensorBoardLogger(run_dir)
     if not resuming:  # the settings travel with the curves
-        log.text("settings", "| flag | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in vars(args).items()))
+        rows = "\n".join(f"| {k} | {v} |" for k, v in vars(args).items())
+        log.text("settings", "| flag | value |\n|---|---|\n" + rows)
 
     # Ctrl-C only raises a flag that the loop checks between steps, so we never stop inside
     # a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills.
@@ -341,6 +351,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     signal.signal(signal.SIGINT, on_sigint)
 
     obs, _ = env.reset(seed=int(rng.integers(2**31)) if resuming else args.seed)
+    eval_env.reset(seed=int(rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     ep_return, ep_len, last_return, losses, status = 0.0, 0, float("nan"), [], "finished"
     compiled = False
     step = st["step"]

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, script
 
 
@@ -59,7 +58,7 @@ def test_same_seed_gives_identical_results(tmp_path):
     import keras
 
     ka, kb = (keras.models.load_model(tmp_path / "runs" / n / "final.keras") for n in "ab")
-    for x, y in zip(ka.get_weights(), kb.get_weights()):
+    for x, y in zip(ka.get_weights(), kb.get_weights(), strict=True):
         np.testing.assert_array_equal(x, y)
 
 

@@ -75,7 +75,7 @@ def test_fit_batch_returns_the_updated_weights(model):
     for _ in range(100):
         buf.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False)
     _, weights = run.make_fit_batch(model, target, 0.99)(**buf.sample(rng, (2, 16)))
-    for returned, current in zip(weights, run.numpy_weights(model)):
+    for returned, current in zip(weights, run.numpy_weights(model), strict=True):
         np.testing.assert_array_equal(returned.numpy(), current)
 
 
@@ -122,8 +122,9 @@ def test_resume_state_round_trip(tmp_path, model):
     assert st2 == st and rng2.random() == rng.random()
     np.testing.assert_array_equal(val, replay.obs[:5])
     np.testing.assert_array_equal(replay2.obs, replay.obs)
-    for a, b in zip(model2.get_weights() + target2.get_weights(), model.get_weights() + target.get_weights()):
+    restored, saved = model2.get_weights() + target2.get_weights(), model.get_weights() + target.get_weights()
+    for a, b in zip(restored, saved, strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(model2.optimizer.iterations) == int(model.optimizer.iterations) == 3
-    for a, b in zip(model2.optimizer.variables, model.optimizer.variables):
+    for a, b in zip(model2.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
