@@ -64,10 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="TensorFlow threads; the network is tiny, so more threads mostly add overhead")
 
     net = p.add_argument_group("Q-network and optimiser")
-    net.add_argument("--units", type=int, default=64, help="width of each of the two hidden ReLU layers")
-    net.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    net.add_argument("--lr-end", type=float, default=None,
-                     help="anneal the learning rate linearly to this by the last step (default: constant)")
+    net.add_argument("--units", type=int, default=128, help="width of each of the two hidden ReLU layers")
+    net.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (at the start)")
+    net.add_argument("--lr-end", type=float, default=2e-4,
+                     help="anneal the learning rate linearly to this by the last step (= --lr: constant)")
     net.add_argument("--clip-norm", type=float, default=10.0, help="clip the global gradient norm to this")
     net.add_argument("--loss", choices=["mse", "huber"], default="mse",
                      help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
@@ -75,24 +75,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dqn = p.add_argument_group("DQN")
     dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
     dqn.add_argument("--buffer-size", type=int, default=50_000, help="replay capacity in transitions")
-    dqn.add_argument("--batch-size", type=int, default=128, help="transitions per gradient step")
+    dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
     dqn.add_argument("--learning-starts", type=int, default=1_000,
                      help="env steps of pure exploration before the first update")
     dqn.add_argument("--train-freq", type=int, default=16, help="env steps between training calls")
-    dqn.add_argument("--gradient-steps", type=int, default=8,
+    dqn.add_argument("--gradient-steps", type=int, default=16,
                      help="gradient steps per training call (one compiled call does all of them)")
-    dqn.add_argument("--target-update", type=int, default=500,
+    dqn.add_argument("--target-update", type=int, default=100,
                      help="env steps between hard copies of the online weights into the target network")
     dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
-    dqn.add_argument("--epsilon-end", type=float, default=0.05, help="final exploration rate")
+    dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
     dqn.add_argument("--epsilon-steps", type=int, default=20_000,
                      help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
 
     ev = p.add_argument_group("evaluation, logging and snapshots")
     ev.add_argument("--eval-every", type=int, default=5_000, help="env steps between evaluations (0: never)")
-    ev.add_argument("--eval-episodes", type=int, default=10, help="greedy episodes per periodic evaluation")
+    ev.add_argument("--eval-episodes", type=int, default=20, help="greedy episodes per periodic evaluation")
     ev.add_argument("--final-eval-episodes", type=int, default=100,
                     help="greedy episodes of the final evaluation (100 is the customary 'solved' test)")
+    ev.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
+                    help="final.keras gets the weights that scored best in the periodic evaluations (the last "
+                         "weights go to last.keras): DQN's greedy policy keeps changing while it trains")
     ev.add_argument("--snapshot-every", type=int, default=50_000, help="env steps between .keras snapshots")
     ev.add_argument("--log-every", type=int, default=2_000, help="env steps between log lines")
 
@@ -123,6 +126,8 @@ def check_args(a: argparse.Namespace) -> None:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(a, name)}")
     if not (a.lr > 0 and a.clip_norm > 0):
         fail("--lr and --clip-norm must be positive")
+    if not a.lr_end >= 0:
+        fail(f"--lr-end must be 0 or more, got {a.lr_end}")
     if a.batch_size > a.buffer_size:
         fail(f"--batch-size {a.batch_size} is larger than --buffer-size {a.buffer_size}; "
              "lower the batch or raise the buffer")
@@ -320,19 +325,19 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     obs_dim, n_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    lr = args.lr
-    if args.lr_end is not None:  # the schedule counts gradient steps, not env steps
-        updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps
-        lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
+    # Linear learning-rate decay; the schedule counts gradient steps, not env steps.
+    updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps
+    lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
     model = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss)
     target = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss)
     target.set_weights(model.get_weights())
     replay = ReplayBuffer(args.buffer_size, (obs_dim,))
     st = dict(step=0, episode=0, train_seconds=0.0, compile_seconds=0.0, wall_seconds=0.0, evals=[],
-              first_solved_step=None)
+              first_solved_step=None, best_eval_step=None, best_eval_mean=None)
     validation_obs = None  # fixed states for the average-max-Q curve, drawn when learning starts
+    best_weights = None  # the weights of the best periodic evaluation so far (--keep-best)
     if resuming:
-        model, st, validation_obs = load_resume_state(run_dir, target, replay, rng)
+        model, st, validation_obs, best_weights = load_resume_state(run_dir, target, replay, rng)
     fit_batch = make_fit_batch(model, target, args.gamma)
     weights = numpy_weights(model)
     log = TensorBoardLogger(run_dir)
@@ -410,10 +415,12 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
                 log.scalar("eval/avg_max_q", average_max_q(weights, validation_obs), step)
             if env.spec.reward_threshold is not None and mean >= env.spec.reward_threshold:
                 st["first_solved_step"] = st["first_solved_step"] or step
+            if args.keep_best and (st["best_eval_mean"] is None or mean >= st["best_eval_mean"]):
+                st["best_eval_step"], st["best_eval_mean"], best_weights = step, mean, weights
         if step % args.snapshot_every == 0:
             model.save(run_dir / f"step_{step}.keras")
             now = dict(step=step, train_seconds=st["train_seconds"] + time.perf_counter() - t_start)
-            save_resume_state(run_dir, model, target, replay, rng, {**st, **now}, validation_obs)
+            save_resume_state(run_dir, model, target, replay, rng, {**st, **now}, validation_obs, best_weights)
         if step % 100 == 0:
             bar.update(100)
     bar.close()
@@ -422,36 +429,49 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
         status = "interrupted"
     st["train_seconds"] += time.perf_counter() - t_start
 
-    final_returns = None
+    final_returns = last_returns = None
     if status == "diverged":  # keep the last good snapshot: nothing is saved from these weights
         st["step"] = step - 1
     else:
         st["step"] = step
-        model.save(run_dir / ("final.keras" if status == "finished" else f"step_{step}.keras"))
-        save_resume_state(run_dir, model, target, replay, rng, st, validation_obs)
-        if status == "finished" and args.final_eval_episodes:
-            final_returns = evaluate(eval_env, weights, args.final_eval_episodes, seed=args.seed + 10_000)
-            log.scalar("eval/final_mean_return", final_returns.mean(), step)
-    summary = write_summary(run_dir, args, st, status, final_returns, env.spec.reward_threshold)
+        save_resume_state(run_dir, model, target, replay, rng, st, validation_obs, best_weights)
+        if status == "interrupted":
+            model.save(run_dir / f"step_{step}.keras")
+        else:
+            model.save(run_dir / "last.keras")
+            episodes, eval_seed = args.final_eval_episodes, args.seed + 10_000  # same start states for both
+            if episodes:
+                last_returns = evaluate(eval_env, weights, episodes, eval_seed)
+            if best_weights is not None:
+                model.set_weights(best_weights)
+                weights = best_weights
+            model.save(run_dir / "final.keras")
+            if episodes:
+                same = best_weights is None
+                final_returns = last_returns if same else evaluate(eval_env, weights, episodes, eval_seed)
+                log.scalar("eval/final_mean_return", final_returns.mean(), step)
+    summary = write_summary(run_dir, args, st, status, final_returns, last_returns, env.spec.reward_threshold)
     log.close()
     return summary
 
 
-def save_resume_state(run_dir: Path, model, target, replay, rng, st: dict, validation_obs) -> None:
+def save_resume_state(run_dir: Path, model, target, replay, rng, st: dict, validation_obs, best_weights) -> None:
     """Everything --resume needs: the online model with its optimizer state, the target
-    weights, the replay contents, the counters and the random generator's state."""
+    weights, the replay contents, the best weights so far, the counters and the random
+    generator's state."""
     d = run_dir / "resume"
     d.mkdir(exist_ok=True)
     model.save(d / "online.keras")
     target.save_weights(d / "target.weights.h5")
     replay.save(d / "replay.npz")
+    np.savez(d / "best_weights.npz", *(best_weights or []))
     extra = dict(rng=rng.bit_generator.state,
                  validation_obs=None if validation_obs is None else validation_obs.tolist())
     (d / "state.json").write_text(json.dumps({**st, **extra}))
 
 
 def load_resume_state(run_dir: Path, target, replay, rng):
-    """Inverse of save_resume_state; returns the online model, the counters and validation states."""
+    """Inverse of save_resume_state; returns the online model, counters, validation states, best weights."""
     d = run_dir / "resume"
     model = keras.models.load_model(d / "online.keras")  # compiled, with Adam's moments restored
     target.load_weights(d / "target.weights.h5")
@@ -459,10 +479,12 @@ def load_resume_state(run_dir: Path, target, replay, rng):
     st = json.loads((d / "state.json").read_text())
     rng.bit_generator.state = st.pop("rng")
     validation_obs = st.pop("validation_obs")
-    return model, st, None if validation_obs is None else np.array(validation_obs, np.float32)
+    with np.load(d / "best_weights.npz") as saved:
+        best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))] or None
+    return model, st, None if validation_obs is None else np.array(validation_obs, np.float32), best_weights
 
 
-def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, threshold) -> dict:
+def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, last_returns, threshold) -> dict:
     st["wall_seconds"] += time.time() - STARTED
     summary = dict(
         env=args.env, seed=args.seed, status=status, steps=st["step"], episodes=st["episode"],
@@ -472,6 +494,9 @@ def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, thr
         compile_seconds=round(st["compile_seconds"], 2),
         final_eval_mean=None, final_eval_std=None, final_eval_episodes=0,
         solved_threshold=threshold, solved=None, first_solved_step=st["first_solved_step"],
+        best_eval_step=st["best_eval_step"], best_eval_mean=st["best_eval_mean"],
+        last_eval_mean=None if last_returns is None else float(last_returns.mean()),
+        last_eval_std=None if last_returns is None else float(last_returns.std()),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         evals=st["evals"])
     if final_returns is not None:

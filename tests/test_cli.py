@@ -23,6 +23,21 @@ def test_training_writes_snapshots_summary_and_logs(trained_run):
     assert [e[0] for e in s["evals"]] == [1000, 2000, 3000]
     assert (trained_run / "step_2000.keras").is_file() and (trained_run / "final.keras").is_file()
     assert json.loads((trained_run / "args.json").read_text())["steps"] == 3000
+    assert s["best_eval_mean"] == max(mean for _, mean in s["evals"])
+    assert s["last_eval_mean"] is not None and s["final_eval_std"] >= 0
+
+
+def test_final_keras_is_the_best_evaluated_and_last_keras_the_last(trained_run):
+    import keras
+
+    final = keras.models.load_model(trained_run / "final.keras").get_weights()
+    last = keras.models.load_model(trained_run / "last.keras").get_weights()
+    online = keras.models.load_model(trained_run / "resume" / "online.keras").get_weights()
+    with np.load(trained_run / "resume" / "best_weights.npz") as best:
+        for i, w in enumerate(final):
+            np.testing.assert_array_equal(w, best[f"arr_{i}"])
+    for a, b in zip(last, online, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_short_cartpole_run_learns(tmp_path):
@@ -38,6 +53,7 @@ def test_short_cartpole_run_learns(tmp_path):
     env.action_space.seed(0)
     random_mean = np.mean([ret for ret in run_random(env, 20)])  # about 22
     assert s["final_eval_mean"] > 4 * random_mean, (s["evals"], s["final_eval_mean"], random_mean)
+    assert s["last_eval_mean"] > 3 * random_mean, (s["last_eval_mean"], random_mean)  # not only the best
 
 
 def run_random(env, episodes: int):

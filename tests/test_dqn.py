@@ -102,7 +102,7 @@ def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
     expected = model([obs, ones]).numpy()
     for name in ("q.keras", "q.h5"):
         model.save(tmp_path / name)
-        loaded = run.keras.models.load_model(tmp_path / name)
+        loaded = run.keras.models.load_model(tmp_path / name, compile=False)
         np.testing.assert_array_equal(loaded([obs, ones]).numpy(), expected)
 
 
@@ -114,13 +114,16 @@ def test_resume_state_round_trip(tmp_path, model):
         replay.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False)
     run.make_fit_batch(model, target, 0.99)(**replay.sample(rng, (3, 8)))  # gives Adam some state
     st = dict(step=60, episode=0, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0, evals=[[50, -200.0]],
-              first_solved_step=None)
-    run.save_resume_state(tmp_path, model, target, replay, rng, st, replay.obs[:5])
+              first_solved_step=None, best_eval_step=50, best_eval_mean=-200.0)
+    best = [w + 1 for w in run.numpy_weights(model)]
+    run.save_resume_state(tmp_path, model, target, replay, rng, st, replay.obs[:5], best)
 
     target2, replay2, rng2 = run.create_model(2, 3, 16, 1e-2, 10.0), ReplayBuffer(50, (2,)), np.random.default_rng(99)
-    model2, st2, val = run.load_resume_state(tmp_path, target2, replay2, rng2)
+    model2, st2, val, best2 = run.load_resume_state(tmp_path, target2, replay2, rng2)
     assert st2 == st and rng2.random() == rng.random()
     np.testing.assert_array_equal(val, replay.obs[:5])
+    for a, b in zip(best2, best, strict=True):
+        np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(replay2.obs, replay.obs)
     restored, saved = model2.get_weights() + target2.get_weights(), model.get_weights() + target.get_weights()
     for a, b in zip(restored, saved, strict=True):
