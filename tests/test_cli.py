@@ -133,6 +133,7 @@ def bad_files(tmp_path_factory):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "nope.keras", "--view"], "no model file at nope.keras"),
+    (["--model", "BAD/cartpole.keras", "--video", "videos"], "pass the --env it was trained on"),
     (["--model", "BAD/bad.keras", "--eval"], "is not a loadable Keras model"),
     (["--model", "BAD/notes.txt", "--eval"], "is not a loadable Keras model"),
     (["--model", "BAD/cartpole.keras", "--eval"], "pass the --env it was trained on"),
