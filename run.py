@@ -33,7 +33,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from loggers import TensorBoardLogger
-from replay_buffer import ReplayBuffer
+from replay_buffer import NStep, ReplayBuffer
 
 # ---------------------------------------------------------------------------- settings
 
@@ -84,10 +84,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="gradient steps per training call (one compiled call does all of them)")
     dqn.add_argument("--target-update", type=int, default=100,
                      help="env steps between hard copies of the online weights into the target network")
+    dqn.add_argument("--tau", type=float, default=None,
+                     help="instead of hard copies, move the target toward the online weights by this fraction "
+                          "after every gradient step (Polyak averaging, Lillicrap et al. 2016; e.g. 0.005)")
+    dqn.add_argument("--n-step", type=int, default=1,
+                     help="learn from n-step returns r_t + g r_t+1 + ... + g^n max Q(s_t+n): rewards travel "
+                          "back n steps per update instead of one (Sutton 1988; part of Rainbow)")
+    dqn.add_argument("--double", action="store_true",
+                     help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
+                          "the target network evaluates it, which curbs the overestimation of max")
     dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
     dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
     dqn.add_argument("--epsilon-steps", type=int, default=20_000,
                      help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
+    dqn.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
+                     help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
+    dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
+                     help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
 
     ev = p.add_argument_group("evaluation, logging and snapshots")
     ev.add_argument("--eval-every", type=int, default=5_000, help="env steps between evaluations (0: never)")
@@ -114,7 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(a: argparse.Namespace) -> None:
     """Reject nonsense values before anything is created or written."""
-    positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps",
+    positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps", "n_step",
                 "target_update", "eval_episodes", "snapshot_every", "log_every", "threads"]
     for name in positive:
         if getattr(a, name) < 1:
@@ -129,6 +142,10 @@ def check_args(a: argparse.Namespace) -> None:
         fail("--lr and --clip-norm must be positive")
     if not a.lr_end >= 0:
         fail(f"--lr-end must be 0 or more, got {a.lr_end}")
+    if a.tau is not None and not 0 < a.tau <= 1:
+        fail(f"--tau must be in (0, 1], got {a.tau}")
+    if not 0 < a.epsilon_decay <= 1:
+        fail(f"--epsilon-decay must be in (0, 1], got {a.epsilon_decay}")
     if a.batch_size > a.buffer_size:
         fail(f"--batch-size {a.batch_size} is larger than --buffer-size {a.buffer_size}; "
              "lower the batch or raise the buffer")
@@ -230,8 +247,12 @@ def greedy_action(weights: list[np.ndarray], obs: np.ndarray) -> int:
     return int(np.argmax(q_values(weights, obs[None])[0]))
 
 
-def epsilon_at(step: int, start: float, end: float, anneal_steps: int) -> float:
-    """Linear annealing from start to end over anneal_steps, then constant."""
+def epsilon_at(step: int, start: float, end: float, anneal_steps: int, schedule: str = "linear",
+               decay: float = 1.0) -> float:
+    """Linear annealing from start to end over anneal_steps, then constant; or exponential
+    decay, start * decay**step, never below end."""
+    if schedule == "exponential":
+        return max(end, start * decay**step)
     if anneal_steps == 0:
         return end
     return start + (end - start) * min(step / anneal_steps, 1.0)
@@ -246,49 +267,74 @@ def epsilon_greedy_action(weights, obs, epsilon: float, rng: np.random.Generator
 # ---------------------------------------------------------------------------- learning
 
 
-def bellman_targets(target_model: keras.Model, reward, next_obs, terminated, gamma: float):
-    """y = r + gamma * max_a' Q_target(s', a'); no bootstrap past a true termination.
+def bellman_targets(target_model: keras.Model, reward, next_obs, terminated, discount,
+                    online_model: keras.Model | None = None):
+    """y = r + discount * max_a' Q_target(s', a'); no bootstrap past a true termination.
+
+    `discount` is gamma for 1-step transitions, gamma**k for a k-step return (--n-step).
 
     A time-limit truncation is not a termination (the car could have kept driving), so it
     is stored with terminated = 0 and still bootstraps. The separate, periodically copied
     target network keeps y from chasing the weights being updated (Mnih et al. 2015).
+    With `online_model` (Double DQN) the online network chooses a' and the target network
+    values it: y = r + gamma * Q_target(s', argmax_a' Q_online(s', a')).
     """
     next_obs = tf.convert_to_tensor(next_obs)
     ones = tf.ones((tf.shape(next_obs)[0], target_model.output_shape[-1]))
     q_next = target_model([next_obs, ones])
-    return reward + gamma * (1.0 - terminated) * tf.reduce_max(q_next, axis=1)
+    if online_model is None:
+        next_value = tf.reduce_max(q_next, axis=1)
+    else:
+        chosen = tf.argmax(online_model([next_obs, ones]), axis=1)
+        next_value = tf.gather(q_next, chosen, batch_dims=1)
+    return reward + discount * (1.0 - terminated) * next_value
 
 
-def make_fit_batch(model: keras.Model, target_model: keras.Model, gamma: float):
+def soft_update(target_model: keras.Model, model: keras.Model, tau: float) -> None:
+    """Polyak averaging: target <- tau * online + (1 - tau) * target."""
+    for t, o in zip(target_model.trainable_variables, model.trainable_variables, strict=True):
+        t.assign(tau * o + (1.0 - tau) * t)
+
+
+def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool = False, tau: float | None = None):
     """Compile the DQN update: one call does G gradient steps on G minibatches.
 
     Inputs have shape (G, batch, ...). Doing several steps per call and compiling with XLA
     removes the per-call overhead that dominates such a small network (6.8x faster than one
     call per env step in `bench.py --throughput`).
-    The target network is frozen during the call, so all G targets are computed at once.
+    The targets of all G minibatches are computed at once, from the networks as they are at
+    the start of the call. With hard copies the target network is frozen during the call
+    anyway; with --tau or --double they lag by at most G gradient steps.
     """
     n_actions = model.output_shape[-1]
 
     @tf.function(jit_compile=True)
-    def fit_batch(obs, action, reward, next_obs, terminated):
+    def fit_batch(obs, action, reward, next_obs, terminated, discount):
         g, b = tf.shape(reward)[0], tf.shape(reward)[1]
 
         def flat(x):  # (G, batch, ...) -> (G * batch, ...)
             return tf.reshape(x, tf.concat([[g * b], tf.shape(x)[2:]], 0))
 
-        y = tf.reshape(bellman_targets(target_model, flat(reward), flat(next_obs), flat(terminated), gamma), (g, b))
-        total = 0.0
+        online = model if double else None
+        y = bellman_targets(target_model, flat(reward), flat(next_obs), flat(terminated), flat(discount), online)
+        y = tf.reshape(y, (g, b))
+        total, td_error = 0.0, 0.0
         for i in tf.range(g):
             mask = tf.one_hot(action[i], n_actions)
             with tf.GradientTape() as tape:
                 # Masked prediction vs masked target: only the taken action's error counts.
-                loss = model.loss(mask * y[i][:, None], model([obs[i], mask], training=True))
+                q_taken = model([obs[i], mask], training=True)
+                loss = model.loss(mask * y[i][:, None], q_taken)
+            td_error += tf.reduce_mean(tf.abs(y[i] - tf.reduce_sum(q_taken, axis=1)))
             grads = tape.gradient(loss, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            if tau is not None:
+                soft_update(target_model, model, tau)
             total += loss
         # Returning the new weights lets the caller copy them to numpy for acting at no
         # extra cost (reading the variables in separate calls costs ~0.1 ms each).
-        return total / tf.cast(g, tf.float32), [tf.identity(v) for v in model.trainable_variables]
+        n = tf.cast(g, tf.float32)
+        return total / n, td_error / n, [tf.identity(v) for v in model.trainable_variables]
 
     return fit_batch
 
@@ -314,6 +360,11 @@ def evaluate(env: gym.Env, weights, episodes: int, seed: int | None = None) -> n
     policy = functools.partial(greedy_action, weights)
     bar = tqdm(run_episodes(env, policy, episodes, seed), total=episodes, desc="eval", leave=False)
     return np.array(list(bar))
+
+
+def target_distance(weights: list[np.ndarray], target: keras.Model) -> float:
+    """Mean |online - target| weight difference: a sawtooth with hard copies, smooth with --tau."""
+    return float(np.mean([np.abs(w - t).mean() for w, t in zip(weights, numpy_weights(target), strict=True)]))
 
 
 def average_max_q(weights, validation_obs: np.ndarray) -> float:
@@ -343,7 +394,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     best_weights = None  # the weights of the best periodic evaluation so far (--keep-best)
     if resuming:
         model, st, validation_obs, best_weights = load_resume_state(run_dir, target, replay, rng)
-    fit_batch = make_fit_batch(model, target, args.gamma)
+    fit_batch = make_fit_batch(model, target, args.double, args.tau)
+    n_step = NStep(args.n_step, args.gamma)
     weights = numpy_weights(model)
     log = TensorBoardLogger(run_dir)
     if not resuming:  # the settings travel with the curves
@@ -362,7 +414,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
 
     obs, _ = env.reset(seed=int(rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(rng.integers(2**31)))  # seeds the evaluation episodes' start states too
-    ep_return, ep_len, last_return, losses, status = 0.0, 0, float("nan"), [], "finished"
+    ep_return, ep_len, last_return, losses, td_errors, status = 0.0, 0, float("nan"), [], [], "finished"
     compiled = False
     step = st["step"]
     t_start = t_log = time.perf_counter()
@@ -371,10 +423,12 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     while step < args.steps and not stop:
         step += 1
         # act, step the env, store the transition
-        epsilon = epsilon_at(step, args.epsilon_start, args.epsilon_end, args.epsilon_steps)
+        epsilon = epsilon_at(step, args.epsilon_start, args.epsilon_end, args.epsilon_steps, args.epsilon_schedule,
+                             args.epsilon_decay)
         action = epsilon_greedy_action(weights, obs, epsilon, rng, n_actions)
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        replay.add(obs, action, reward, next_obs, terminated)  # `truncated` is deliberately not stored
+        for transition in n_step.push(obs, action, reward, next_obs, terminated, truncated):
+            replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
         obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
         if terminated or truncated:
             st["episode"] += 1
@@ -388,7 +442,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             if validation_obs is None:
                 validation_obs = replay.sample(rng, min(1000, len(replay)))["obs"]
             t_call = time.perf_counter()
-            loss, new_weights = fit_batch(**replay.sample(rng, (args.gradient_steps, args.batch_size)))
+            loss, td_error, new_weights = fit_batch(**replay.sample(rng, (args.gradient_steps, args.batch_size)))
             if not compiled:  # the first call of a process traces and XLA-compiles the update
                 st["compile_seconds"] += time.perf_counter() - t_call
                 compiled = True
@@ -396,8 +450,9 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
                 status = "diverged"
                 break
             losses.append(float(loss))
+            td_errors.append(float(td_error))
             weights = [w.numpy() for w in new_weights]
-        if step % args.target_update == 0:
+        if args.tau is None and step % args.target_update == 0:
             target.set_weights(model.get_weights())
 
         # log, evaluate, snapshot
@@ -405,13 +460,15 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             now = time.perf_counter()
             sps, rss = (step - step_log) / (now - t_log), psutil.Process().memory_info().rss / 2**20
             mean_loss = float(np.mean(losses)) if losses else float("nan")
-            for tag, value in [("train/loss", mean_loss), ("train/epsilon", epsilon),
+            mean_td = float(np.mean(td_errors)) if td_errors else float("nan")
+            for tag, value in [("train/loss", mean_loss), ("train/td_error", mean_td), ("train/epsilon", epsilon),
+                               ("train/target_distance", target_distance(weights, target)),
                                ("perf/steps_per_second", sps), ("perf/rss_mb", rss)]:
                 if np.isfinite(value):  # no loss yet before learning starts
                     log.scalar(tag, value, step)
             bar.write(f"episode {st['episode']:5d}  step {step:7d}  loss {mean_loss:8.4f}  "
                       f"return {last_return:7.1f}  epsilon {epsilon:.3f}  {sps:6.0f} steps/s  {rss:4.0f} MiB")
-            t_log, step_log, losses = now, step, []
+            t_log, step_log, losses, td_errors = now, step, [], []
         if args.eval_every and step % args.eval_every == 0:
             mean = float(evaluate(eval_env, weights, args.eval_episodes).mean())
             st["evals"].append([step, mean])

@@ -196,3 +196,17 @@ def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
     assert s2["status"] == "finished" and s2["steps"] == 40000 and (run_dir / "final.keras").is_file()
     assert s2["episodes"] > s["episodes"] and [e[0] for e in s2["evals"]] == [10000, 20000, 30000, 40000]
     assert s2["train_seconds"] > s["train_seconds"]
+
+
+@pytest.mark.parametrize("variant", [["--double"], ["--tau", "0.01"], ["--epsilon-schedule", "exponential"],
+                                     ["--n-step", "3"], ["--loss", "huber"],
+                                     ["--double", "--tau", "0.01", "--epsilon-schedule", "exponential", "--n-step", "3",
+                                      "--loss", "huber"]])
+def test_variants_train_save_and_load(tmp_path, variant):
+    r = script("run.py", "--env", "CartPole-v1", "--steps", "3000", "--learning-starts", "500", "--eval-every", "1000",
+               "--eval-episodes", "2", "--final-eval-episodes", "3", "--name", "v", *variant, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert summary(tmp_path / "runs" / "v")["steps"] == 3000
+    r = script("run.py", "--env", "CartPole-v1", "--model", tmp_path / "runs" / "v" / "final.keras", "--eval",
+               "--episodes", "3", cwd=tmp_path)
+    assert r.returncode == 0 and "CartPole-v1: mean return" in r.stdout, r.stderr

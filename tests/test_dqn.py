@@ -20,6 +20,15 @@ def constant_q_model(values, lr: float = 1e-3) -> "run.keras.Model":
     return m
 
 
+def random_replay(n: int, capacity: int = 100) -> tuple[ReplayBuffer, np.random.Generator]:
+    """A replay filled with n random MountainCar-shaped transitions, and the generator used."""
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(capacity, (2,))
+    for _ in range(n):
+        buf.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False, 0.99)
+    return buf, rng
+
+
 def test_action_mask_selects_q_values(model):
     obs = np.array([[0.1, -0.2], [0.3, 0.4]], np.float32)
     all_q = model([obs, np.ones((2, 3), np.float32)]).numpy()
@@ -42,8 +51,11 @@ def test_bellman_target_bootstraps_through_truncation_not_termination():
     next_obs = np.zeros((3, 2), np.float32)
     # transition 0 ended in a time-limit truncation: stored with terminated = 0
     terminated = np.array([0.0, 1.0, 0.0], np.float32)
-    y = run.bellman_targets(target, reward, next_obs, terminated, gamma=0.9).numpy()
+    y = run.bellman_targets(target, reward, next_obs, terminated, discount=0.9).numpy()
     np.testing.assert_allclose(y, [-1 + 0.9 * 3, -1.0, 0.5 + 0.9 * 3], rtol=1e-6)
+    # an n-step transition carries its own discount, gamma**k
+    y = run.bellman_targets(target, reward, next_obs, terminated, discount=np.array([0.9, 0.9, 0.81], np.float32))
+    np.testing.assert_allclose(y.numpy(), [-1 + 0.9 * 3, -1.0, 0.5 + 0.81 * 3], rtol=1e-6)
 
 
 def test_training_env_stores_truncation_as_not_terminated(trained_run):
@@ -55,10 +67,11 @@ def test_training_env_stores_truncation_as_not_terminated(trained_run):
 def test_fit_batch_moves_only_the_taken_action_toward_its_target():
     model, target = constant_q_model([0.0, 0.0, 0.0], lr=0.02), constant_q_model([1.0, 1.0, 1.0])
     model.set_weights([w + 0.01 for w in model.get_weights()])  # break the symmetry of zero weights
-    fit = run.make_fit_batch(model, target, gamma=0.5)
+    fit = run.make_fit_batch(model, target)
     obs = np.ones((4, 8, 2), np.float32)
     batch = dict(obs=obs, action=np.ones((4, 8), np.int32), reward=np.full((4, 8), 2.0, np.float32),
-                 next_obs=obs, terminated=np.zeros((4, 8), np.float32))  # y = 2 + 0.5 * 1 = 2.5
+                 next_obs=obs, terminated=np.zeros((4, 8), np.float32),
+                 discount=np.full((4, 8), 0.5, np.float32))  # y = 2 + 0.5 * 1 = 2.5
     before = run.q_values(run.numpy_weights(model), obs[0, :1])[0]
     losses = [float(fit(**batch)[0]) for _ in range(60)]
     after = run.q_values(run.numpy_weights(model), obs[0, :1])[0]
@@ -70,11 +83,8 @@ def test_fit_batch_moves_only_the_taken_action_toward_its_target():
 
 def test_fit_batch_returns_the_updated_weights(model):
     target = run.create_model(2, 3, 16, 1e-2, 10.0)
-    rng = np.random.default_rng(0)
-    buf = ReplayBuffer(100, (2,))
-    for _ in range(100):
-        buf.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False)
-    _, weights = run.make_fit_batch(model, target, 0.99)(**buf.sample(rng, (2, 16)))
+    buf, rng = random_replay(100)
+    _, _, weights = run.make_fit_batch(model, target)(**buf.sample(rng, (2, 16)))
     for returned, current in zip(weights, run.numpy_weights(model), strict=True):
         np.testing.assert_array_equal(returned.numpy(), current)
 
@@ -108,11 +118,8 @@ def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
 
 def test_resume_state_round_trip(tmp_path, model):
     target = run.create_model(2, 3, 16, 1e-2, 10.0)
-    rng = np.random.default_rng(0)
-    replay = ReplayBuffer(50, (2,))
-    for _ in range(60):
-        replay.add(rng.normal(size=2), int(rng.integers(3)), -1.0, rng.normal(size=2), False)
-    run.make_fit_batch(model, target, 0.99)(**replay.sample(rng, (3, 8)))  # gives Adam some state
+    replay, rng = random_replay(60, capacity=50)
+    run.make_fit_batch(model, target)(**replay.sample(rng, (3, 8)))  # gives Adam some state
     st = dict(step=60, episode=0, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0, evals=[[50, -200.0]],
               first_solved_step=None, best_eval_step=50, best_eval_mean=-200.0)
     best = [w + 1 for w in run.numpy_weights(model)]
@@ -131,3 +138,38 @@ def test_resume_state_round_trip(tmp_path, model):
     assert int(model2.optimizer.iterations) == int(model.optimizer.iterations) == 3
     for a, b in zip(model2.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_double_dqn_target_lets_the_online_net_choose_and_the_target_net_value():
+    online = constant_q_model([1.0, 5.0, 2.0])  # picks action 1
+    target = constant_q_model([3.0, 0.0, 4.0])  # values action 1 at 0; its own max would be 4
+    args = (np.array([-1.0, 2.0], np.float32), np.zeros((2, 2), np.float32), np.array([0.0, 1.0], np.float32))
+    vanilla = run.bellman_targets(target, *args, discount=0.5).numpy()
+    double = run.bellman_targets(target, *args, discount=0.5, online_model=online).numpy()
+    np.testing.assert_allclose(vanilla, [-1 + 0.5 * 4, 2.0])
+    np.testing.assert_allclose(double, [-1 + 0.5 * 0, 2.0])  # terminated: no bootstrap either way
+
+
+def test_soft_update_is_polyak_averaging():
+    online, target = constant_q_model([1.0, 2.0, 3.0]), constant_q_model([0.0, 0.0, 0.0])
+    before = [w.copy() for w in run.numpy_weights(target)]
+    run.soft_update(target, online, tau=0.1)
+    for t, b, o in zip(run.numpy_weights(target), before, run.numpy_weights(online), strict=True):
+        np.testing.assert_allclose(t, 0.1 * o + 0.9 * b, rtol=1e-6)
+    np.testing.assert_allclose(run.numpy_weights(target)[-1], [0.1, 0.2, 0.3], rtol=1e-6)
+
+
+def test_fit_batch_with_tau_moves_the_target_every_gradient_step(model):
+    target = run.create_model(2, 3, 16, 1e-2, 10.0)
+    buf, rng = random_replay(100)
+    start = run.numpy_weights(target)
+    run.make_fit_batch(model, target, tau=1.0)(**buf.sample(rng, (3, 16)))
+    for t, o in zip(run.numpy_weights(target), run.numpy_weights(model), strict=True):
+        np.testing.assert_array_equal(t, o)  # tau = 1 is a hard copy after every step
+    assert not np.array_equal(start[0], run.numpy_weights(target)[0])
+
+
+def test_exponential_epsilon_schedule():
+    assert run.epsilon_at(0, 1.0, 0.05, 0, "exponential", 0.99) == 1.0
+    assert run.epsilon_at(10, 1.0, 0.05, 0, "exponential", 0.99) == pytest.approx(0.99**10)
+    assert run.epsilon_at(10_000, 1.0, 0.05, 0, "exponential", 0.99) == 0.05  # floored at the end value

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from replay_buffer import ReplayBuffer
+from replay_buffer import NStep, ReplayBuffer
 
 
 def fill(buf: ReplayBuffer, n: int) -> None:
     for i in range(n):
-        buf.add(np.full(2, i), i % 3, -float(i), np.full(2, i + 1), i % 5 == 0)
+        buf.add(np.full(2, i), i % 3, -float(i), np.full(2, i + 1), i % 5 == 0, 0.99)
 
 
 def test_ring_buffer_wraps_around_and_keeps_the_newest():
@@ -33,7 +33,7 @@ def test_sampling_is_uniform():
     buf = ReplayBuffer(10, (1,))
     fill_values = np.arange(10)
     for v in fill_values:
-        buf.add([v], 0, 0.0, [v], False)
+        buf.add([v], 0, 0.0, [v], False, 0.99)
     counts = np.bincount(buf.sample(np.random.default_rng(1), 100_000)["obs"][:, 0].astype(int), minlength=10)
     assert counts.min() > 9_500 and counts.max() < 10_500
 
@@ -45,7 +45,45 @@ def test_save_and_load_round_trip(tmp_path):
     other = ReplayBuffer(5, (2,))
     other.load(tmp_path / "replay.npz")
     assert (other.size, other.next) == (buf.size, buf.next)
-    for name in ("obs", "action", "reward", "next_obs", "terminated"):
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "discount"):
         np.testing.assert_array_equal(getattr(other, name), getattr(buf, name))
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(6, (2,)).load(tmp_path / "replay.npz")
+
+
+def run_nstep(rewards, n, gamma, end):
+    """Feed one episode of len(rewards) steps (obs t = [t]) ending in `end`; collect the emitted transitions."""
+    nstep, out = NStep(n, gamma), []
+    for t, r in enumerate(rewards):
+        last = t == len(rewards) - 1
+        out += nstep.push([t], t % 2, r, [t + 1], last and end == "terminated", last and end == "truncated")
+    return out
+
+
+def test_nstep_returns_in_the_middle_of_an_episode():
+    out = run_nstep([1.0, 2.0, 3.0, 4.0, 5.0], n=3, gamma=0.5, end="truncated")
+    s0 = out[0]
+    assert s0[0] == [0] and s0[1] == 0 and s0[3] == [3] and s0[4] is False
+    assert s0[2] == 1 + 0.5 * 2 + 0.25 * 3 and s0[5] == 0.5**3
+
+
+def test_nstep_across_a_termination_does_not_bootstrap():
+    out = run_nstep([1.0, 2.0, 3.0, 4.0], n=3, gamma=0.5, end="terminated")
+    assert [o[0] for o in out] == [[0], [1], [2], [3]]  # every step emitted exactly once
+    tail = out[1:]  # the ones flushed at the end all point at the terminal state
+    assert all(o[3] == [4] and o[4] is True for o in tail)
+    assert [o[2] for o in tail] == [2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4.0]
+    assert [o[5] for o in tail] == [0.5**3, 0.5**2, 0.5]
+
+
+def test_nstep_across_a_truncation_bootstraps_from_the_last_state_with_shorter_discounts():
+    out = run_nstep([1.0, 2.0, 3.0, 4.0], n=3, gamma=0.5, end="truncated")
+    tail = out[1:]
+    assert all(o[3] == [4] and o[4] is False for o in tail)
+    assert [o[2] for o in tail] == [2 + 0.5 * 3 + 0.25 * 4, 3 + 0.5 * 4, 4.0]
+    assert [o[5] for o in tail] == [0.5**3, 0.5**2, 0.5]  # y = R + discount * max Q(s_4)
+
+
+def test_one_step_is_the_plain_transition():
+    out = run_nstep([1.0, 2.0, 3.0], n=1, gamma=0.9, end="truncated")
+    assert [(o[0], o[2], o[3], o[5]) for o in out] == [([0], 1.0, [1], 0.9), ([1], 2.0, [2], 0.9), ([2], 3.0, [3], 0.9)]

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-EXPECTED = {"episode/return", "episode/length", "train/loss", "train/epsilon", "perf/steps_per_second",
+EXPECTED = {"episode/return", "episode/length", "train/loss", "train/td_error", "train/target_distance",
+            "train/epsilon", "perf/steps_per_second",
             "perf/rss_mb", "eval/mean_return", "eval/avg_max_q", "eval/final_mean_return"}
 
 
