@@ -300,7 +300,7 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
     """Compile the DQN update: one call does G gradient steps on G minibatches.
 
     Inputs have shape (G, batch, ...). Doing several steps per call and compiling with XLA
-    removes the per-call overhead that dominates such a small network (6.8x faster than one
+    removes the per-call overhead that dominates such a small network (~6x faster than one
     call per env step in `bench.py --throughput`).
     The targets of all G minibatches are computed at once, from the networks as they are at
     the start of the call. With hard copies the target network is frozen during the call
