@@ -575,6 +575,9 @@ def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, las
 
 def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str | None = None) -> gym.Env:
     """An env to watch: rendered to a window, recorded as mp4s and/or collecting GIF frames."""
+    headless = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"))
+    if view and sys.platform.startswith("linux") and headless:  # SDL would crash trying to open a window
+        fail("no display to open a window on; use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
     env = make_env(env_id, "human" if view else "rgb_array" if video or gif else None)
     if video:
         env = gym.wrappers.RecordVideo(env, video, episode_trigger=lambda _: True, disable_logger=True)

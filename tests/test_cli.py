@@ -1,6 +1,7 @@
 """The scripts as users run them: real envs, real files, real subprocesses."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -154,6 +155,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, bad_files, ar
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written, not even runs/
+
+
+@pytest.mark.parametrize("name, args", [("see.py", []), ("run.py", ["--model", "MODEL", "--view"])])
+def test_window_without_a_display_is_a_clear_error(trained_run, tmp_path, name, args):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    args = [str(trained_run / "final.keras") if a == "MODEL" else a for a in args]
+    r = subprocess.run([sys.executable, str(ROOT / name), *args], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and "no display" in r.stderr and "--video DIR" in r.stderr, r.stderr
 
 
 def test_existing_run_name_is_refused(trained_run):
