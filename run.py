@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     ev = p.add_argument_group("evaluation, logging and snapshots")
     ev.add_argument("--eval-every", type=int, default=5_000, help="env steps between evaluations (0: never)")
-    ev.add_argument("--eval-episodes", type=int, default=20, help="greedy episodes per periodic evaluation")
+    ev.add_argument("--eval-episodes", type=int, default=50,
+                    help="greedy episodes per periodic evaluation (--keep-best picks by it: fewer is noisier)")
     ev.add_argument("--final-eval-episodes", type=int, default=100,
                     help="greedy episodes of the final evaluation (100 is the customary 'solved' test)")
     ev.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
