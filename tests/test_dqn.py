@@ -150,13 +150,16 @@ def test_double_dqn_target_lets_the_online_net_choose_and_the_target_net_value()
     np.testing.assert_allclose(double, [-1 + 0.5 * 0, 2.0])  # terminated: no bootstrap either way
 
 
-def test_soft_update_is_polyak_averaging():
+def test_update_target_is_polyak_averaging_and_a_copy_at_tau_1():
     online, target = constant_q_model([1.0, 2.0, 3.0]), constant_q_model([0.0, 0.0, 0.0])
     before = [w.copy() for w in run.numpy_weights(target)]
-    run.soft_update(target, online, tau=0.1)
+    run.update_target(target, online, tau=0.1)
     for t, b, o in zip(run.numpy_weights(target), before, run.numpy_weights(online), strict=True):
         np.testing.assert_allclose(t, 0.1 * o + 0.9 * b, rtol=1e-6)
     np.testing.assert_allclose(run.numpy_weights(target)[-1], [0.1, 0.2, 0.3], rtol=1e-6)
+    run.update_target(target, online)  # the default tau = 1: the hard copy
+    for t, o in zip(run.numpy_weights(target), run.numpy_weights(online), strict=True):
+        np.testing.assert_array_equal(t, o)
 
 
 def test_fit_batch_with_tau_moves_the_target_every_gradient_step(model):
