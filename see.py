@@ -9,14 +9,13 @@ Pushing left or right at random never builds enough momentum to reach the flag w
 -1 on every step until it first gets there by systematic exploration.
 """
 
-import argparse
 import sys
 
-from run import fail, play_env, show_episodes
+from run import Parser, fail, play_env, show_episodes
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="A random agent on a Gymnasium env (default MountainCar-v0).")
+    p = Parser(description="A random agent on a Gymnasium env (default MountainCar-v0).")
     p.add_argument("--env", default="MountainCar-v0", help="Gymnasium env id")
     p.add_argument("--episodes", type=int, default=3, help="episodes to play")
     p.add_argument("--seed", type=int, default=0, help="seeds the env and the random actions")

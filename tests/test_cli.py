@@ -166,6 +166,16 @@ def test_window_without_a_display_is_a_clear_error(trained_run, tmp_path, name, 
     assert r.returncode == 2 and "no display" in r.stderr and "--video DIR" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("args, message", [(["--episodes", "0"], "--episodes must be at least 1"),
+                                           (["--episodes", "x"], "invalid int value"),
+                                           (["--env", "Pendulum-v1", "--video", "v"], "DQN needs Discrete actions")])
+def test_see_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    r = script("see.py", *args, cwd=tmp_path, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("see.py: error"), r.stderr
+    assert message in lines[0]
+
+
 def test_existing_run_name_is_refused(trained_run):
     r = script("run.py", "--name", "short", cwd=trained_run.parent.parent, timeout=120)
     assert r.returncode == 2 and "already exists" in r.stderr
