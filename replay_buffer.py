@@ -4,6 +4,8 @@ DQN learns from random minibatches of past transitions instead of the latest one
 breaks the correlation between consecutive steps (Mnih et al. 2015). Storing each field in
 its own preallocated array keeps `add` O(1) and lets `sample` gather a whole batch with one
 fancy-indexing operation per field, with no Python loop over samples.
+
+Also here: prioritized replay on a sum-tree (--prioritized) and n-step returns (--n-step).
 """
 
 from collections import deque
@@ -52,9 +54,7 @@ class ReplayBuffer:
 
     def save(self, path: str | Path) -> None:
         """Write the contents and the write position to one .npz file (used by --resume)."""
-        n = self.size
-        np.savez(path, next=self.next, capacity=self.capacity,
-                 **{name: getattr(self, name)[:n] for name in FIELDS})
+        np.savez(path, **self.arrays())
 
     def load(self, path: str | Path) -> None:
         """Restore what `save` wrote into this (already allocated) buffer."""
@@ -62,10 +62,113 @@ class ReplayBuffer:
             if int(data["capacity"]) != self.capacity:
                 raise ValueError(f"saved replay has capacity {int(data['capacity'])}, "
                                  f"this run uses {self.capacity}")
-            n = len(data["action"])
-            for name in FIELDS:
-                getattr(self, name)[:n] = data[name]
-            self.size, self.next = n, int(data["next"])
+            self.restore(data)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        n = self.size
+        return dict(next=self.next, capacity=self.capacity, **{name: getattr(self, name)[:n] for name in FIELDS})
+
+    def restore(self, data) -> None:
+        n = len(data["action"])
+        for name in FIELDS:
+            getattr(self, name)[:n] = data[name]
+        self.size, self.next = n, int(data["next"])
+
+
+class SumTree:
+    """A complete binary tree whose leaves hold priorities and whose every inner node holds
+    the sum of its two children, so the root is the total. Finding the leaf where a running
+    sum crosses a value, and changing a leaf, both take O(log n) - this is what makes
+    sampling in proportion to priority cheap (Schaul et al. 2016, appendix B.2.1).
+
+    Node 1 is the root, node i has children 2i and 2i+1, and the leaves are the last
+    `leaves` nodes. Every method works on whole arrays of indices at once.
+    """
+
+    def __init__(self, capacity: int):
+        self.leaves = 1 << max(capacity - 1, 0).bit_length()  # the next power of two >= capacity
+        self.depth = self.leaves.bit_length() - 1
+        self.nodes = np.zeros(2 * self.leaves)  # float64: sums of many small numbers
+
+    def total(self) -> float:
+        return float(self.nodes[1])
+
+    def get(self, index) -> np.ndarray:
+        return self.nodes[np.asarray(index) + self.leaves]
+
+    def set(self, index, priority) -> None:
+        """Set leaves, then recompute their ancestors level by level up to the root.
+        Repeated indices are fine: the last value wins and parents are recomputed from it."""
+        node = np.asarray(index).ravel() + self.leaves
+        self.nodes[node] = np.asarray(priority).ravel()
+        for _ in range(self.depth):
+            node //= 2
+            self.nodes[node] = self.nodes[2 * node] + self.nodes[2 * node + 1]
+
+    def find(self, mass: np.ndarray) -> np.ndarray:
+        """For each value m in [0, total), the leaf i with sum(leaves before i) <= m < sum(leaves up to i):
+        walk down from the root, going right (less the left subtree's mass) whenever m is past the left sum."""
+        mass = np.array(mass, dtype=np.float64)
+        node = np.ones(mass.shape, dtype=np.int64)
+        for _ in range(self.depth):
+            node *= 2  # the left child
+            left = self.nodes[node]
+            right = mass >= left
+            mass -= left * right
+            node += right
+        return node - self.leaves
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """Prioritized experience replay (Schaul et al. 2016, proportional variant).
+
+    Transition i is sampled with probability P(i) = p_i / sum p, where p_i = (|TD error| + eps)^alpha
+    from the last time it was trained on: surprising transitions are replayed more often. New
+    transitions get the largest priority so far, so each is seen at least once. Sampling this way
+    biases the updates, which the importance weights w_i = (N P(i))^-beta / max_j w_j undo (fully
+    at beta = 1); the caller anneals beta towards 1 over training.
+    """
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], alpha: float = 0.6, eps: float = 1e-5,
+                 obs_dtype=np.float32):
+        super().__init__(capacity, obs_shape, obs_dtype)
+        self.alpha, self.eps = alpha, eps
+        self.tree = SumTree(capacity)
+        self.max_priority = 1.0
+
+    def add(self, *transition) -> None:
+        self.tree.set(self.next, self.max_priority)
+        super().add(*transition)
+
+    def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...],
+               beta: float = 1.0) -> dict[str, np.ndarray]:
+        """Sample in proportion to priority, stratified: each minibatch of B takes one transition
+        from each of B equal slices of the total priority mass. Adds the importance `weight`
+        of each transition and its `index` (for update_priorities)."""
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        batch = shape[-1]
+        mass = (np.arange(batch) + rng.random(shape)) * (self.tree.total() / batch)
+        # Rounding can carry a value just past the last stored transition (into the empty leaves of a
+        # buffer that is not full yet); those land on the last stored one instead.
+        idx = np.minimum(self.tree.find(mass), self.size - 1)
+        prob = self.tree.get(idx) / self.tree.total()
+        weight = (self.size * prob) ** -beta
+        weight /= weight.max(axis=-1, keepdims=True)  # scale so the largest weight of a minibatch is 1
+        out = {name: getattr(self, name)[idx] for name in FIELDS}
+        return {**out, "weight": weight.astype(np.float32), "index": idx}
+
+    def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        priority = (np.abs(td_error) + self.eps) ** self.alpha
+        self.tree.set(index, priority)
+        self.max_priority = max(self.max_priority, float(priority.max()))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**super().arrays(), "priority": self.tree.get(np.arange(self.size)), "max_priority": self.max_priority}
+
+    def restore(self, data) -> None:
+        super().restore(data)
+        self.tree.set(np.arange(self.size), data["priority"])
+        self.max_priority = float(data["max_priority"])
 
 
 class NStep:

@@ -33,7 +33,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from loggers import TensorBoardLogger
-from replay_buffer import NStep, ReplayBuffer
+from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer
 
 # ---------------------------------------------------------------------------- settings
 
@@ -93,6 +93,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dqn.add_argument("--double", action="store_true",
                      help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
                           "the target network evaluates it, which curbs the overestimation of max")
+    dqn.add_argument("--prioritized", action="store_true",
+                     help="prioritized replay (Schaul et al. 2016): sample transitions in proportion to "
+                          "(|TD error| + eps)^alpha, and correct the bias with importance weights")
+    dqn.add_argument("--per-alpha", type=float, default=0.6,
+                     help="--prioritized: how much priorities count (0: uniform sampling)")
+    dqn.add_argument("--per-beta", type=float, default=0.4,
+                     help="--prioritized: importance-weight exponent at the start, annealed to 1 by the last step")
+    dqn.add_argument("--per-eps", type=float, default=1e-5,
+                     help="--prioritized: added to |TD error| so that no transition's priority is 0")
+    dqn.add_argument("--dueling", choices=["none", "avg", "max"], default="none",
+                     help="Dueling network (Wang et al. 2016): separate value and advantage heads, "
+                          "Q = V + A - mean(A) (avg) or - max(A) (max)")
     dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
     dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
     dqn.add_argument("--epsilon-steps", type=int, default=20_000,
@@ -136,11 +148,11 @@ def check_args(a: argparse.Namespace) -> None:
     for name in ["learning_starts", "epsilon_steps", "eval_every", "final_eval_episodes"]:
         if getattr(a, name) < 0:
             fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(a, name)}")
-    for name in ["epsilon_start", "epsilon_end", "gamma"]:
+    for name in ["epsilon_start", "epsilon_end", "gamma", "per_alpha", "per_beta"]:
         if not 0.0 <= getattr(a, name) <= 1.0:
             fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(a, name)}")
-    if not (a.lr > 0 and a.clip_norm > 0):
-        fail("--lr and --clip-norm must be positive")
+    if not (a.lr > 0 and a.clip_norm > 0 and a.per_eps > 0):
+        fail("--lr, --clip-norm and --per-eps must be positive")
     if not a.lr_end >= 0:
         fail(f"--lr-end must be 0 or more, got {a.lr_end}")
     if a.tau is not None and not 0 < a.tau <= 1:
@@ -190,24 +202,56 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 # --------------------------------------------------------------------------- Q-network
 
 
+@keras.saving.register_keras_serializable(package="dqn")
+class Dueling(keras.layers.Layer):
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), or - max_a' A(s, a') (Wang et al. 2016).
+
+    Subtracting the mean (or max) advantage makes V and A identifiable: without it any
+    constant could move between them. The max form makes A(s, greedy a) = 0, so V(s) is
+    the greedy action's value; the mean form is what the paper found more stable.
+    """
+
+    def __init__(self, mode: str = "avg", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, inputs):
+        value, advantage = inputs
+        reduce = keras.ops.mean if self.mode == "avg" else keras.ops.max
+        return value + advantage - reduce(advantage, axis=1, keepdims=True)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
 def create_model(obs_dim: int, n_actions: int, units: int, lr, clip_norm: float,
-                 loss: str = "mse") -> keras.Model:
+                 loss: str = "mse", dueling: str = "none") -> keras.Model:
     """Q(s, .) for all actions, multiplied by an action mask.
 
     With an all-ones mask one forward pass gives every action's Q-value (for acting and
     for the target); with a one-hot mask it gives only the taken action's, so the loss
-    against a one-hot target trains that action alone.
+    against a one-hot target trains that action alone. With `dueling` avg or max the last
+    layer is split into a value head and an advantage head (the mask applies after them).
     """
     obs = keras.Input((obs_dim,), name="obs")
     mask = keras.Input((n_actions,), name="action_mask")
     h = keras.layers.Dense(units, activation="relu")(obs)
     h = keras.layers.Dense(units, activation="relu")(h)
-    q = keras.layers.Dense(n_actions)(h)
+    if dueling == "none":
+        q = keras.layers.Dense(n_actions)(h)
+    else:
+        value, advantage = keras.layers.Dense(1, name="value")(h), keras.layers.Dense(n_actions, name="advantage")(h)
+        q = Dueling(dueling)([value, advantage])
     model = keras.Model([obs, mask], keras.layers.Multiply()([q, mask]))
     # A loss object, not the string "mse": .h5 files of models compiled with "mse" do not load back.
     model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm),
                   loss=keras.losses.Huber() if loss == "huber" else keras.losses.MeanSquaredError())
     return model
+
+
+def dueling_mode(model: keras.Model) -> str:
+    """'avg' or 'max' for a dueling network, 'none' for a plain one (for the numpy forward pass)."""
+    return next((layer.mode for layer in model.layers if isinstance(layer, Dueling)), "none")
 
 
 def load_model(path: str, env: gym.Env) -> keras.Model:
@@ -236,16 +280,22 @@ def numpy_weights(model: keras.Model) -> list[np.ndarray]:
     return [v.numpy() for v in model.trainable_variables]
 
 
-def q_values(weights: list[np.ndarray], obs: np.ndarray) -> np.ndarray:
-    """The Q-network's forward pass in numpy (all-ones mask): ReLU layers, then linear."""
+def q_values(weights: list[np.ndarray], obs: np.ndarray, dueling: str = "none") -> np.ndarray:
+    """The Q-network's forward pass in numpy (all-ones mask): ReLU layers, then linear;
+    for a dueling network the value and advantage heads combined as in `Dueling`."""
+    head = 2 if dueling == "none" else 4
     h = obs
-    for w, b in zip(weights[0:-2:2], weights[1:-2:2], strict=True):
+    for w, b in zip(weights[0:-head:2], weights[1:-head:2], strict=True):
         h = np.maximum(h @ w + b, 0.0)
-    return h @ weights[-2] + weights[-1]
+    if dueling == "none":
+        return h @ weights[-2] + weights[-1]
+    value, advantage = h @ weights[-4] + weights[-3], h @ weights[-2] + weights[-1]
+    reduce = np.mean if dueling == "avg" else np.max
+    return value + advantage - reduce(advantage, axis=1, keepdims=True)
 
 
-def greedy_action(weights: list[np.ndarray], obs: np.ndarray) -> int:
-    return int(np.argmax(q_values(weights, obs[None])[0]))
+def greedy_action(weights: list[np.ndarray], obs: np.ndarray, dueling: str = "none") -> int:
+    return int(np.argmax(q_values(weights, obs[None], dueling)[0]))
 
 
 def epsilon_at(step: int, start: float, end: float, anneal_steps: int, schedule: str = "linear",
@@ -259,10 +309,11 @@ def epsilon_at(step: int, start: float, end: float, anneal_steps: int, schedule:
     return start + (end - start) * min(step / anneal_steps, 1.0)
 
 
-def epsilon_greedy_action(weights, obs, epsilon: float, rng: np.random.Generator, n_actions: int) -> int:
+def epsilon_greedy_action(weights, obs, epsilon: float, rng: np.random.Generator, n_actions: int,
+                          dueling: str = "none") -> int:
     if rng.random() < epsilon:
         return int(rng.integers(n_actions))
-    return greedy_action(weights, obs)
+    return greedy_action(weights, obs, dueling)
 
 
 # ---------------------------------------------------------------------------- learning
@@ -300,9 +351,11 @@ def update_target(target_model: keras.Model, model: keras.Model, tau: float = 1.
 def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool = False, tau: float | None = None):
     """Compile the DQN update: one call does G gradient steps on G minibatches.
 
-    Inputs have shape (G, batch, ...). Doing several steps per call and compiling with XLA
-    removes the per-call overhead that dominates such a small network (~6x faster than one
-    call per env step in `bench.py --throughput`).
+    Inputs have shape (G, batch, ...); `weight` (--prioritized) holds importance weights.
+    Returns the mean loss, each transition's |TD error| (G, batch) and the new weights.
+    Doing several steps per call and compiling with XLA removes the per-call overhead that
+    dominates such a small network (~6x faster than one call per env step in
+    `bench.py --throughput`).
     The targets of all G minibatches are computed at once, from the networks as they are at
     the start of the call. With hard copies the target network is frozen during the call
     anyway; with --tau or --double they lag by at most G gradient steps.
@@ -310,7 +363,7 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
     n_actions = model.output_shape[-1]
 
     @tf.function(jit_compile=True)
-    def fit_batch(obs, action, reward, next_obs, terminated, discount):
+    def fit_batch(obs, action, reward, next_obs, terminated, discount, weight=None):
         g, b = tf.shape(reward)[0], tf.shape(reward)[1]
 
         def flat(x):  # (G, batch, ...) -> (G * batch, ...)
@@ -319,14 +372,15 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
         online = model if double else None
         y = bellman_targets(target_model, flat(reward), flat(next_obs), flat(terminated), flat(discount), online)
         y = tf.reshape(y, (g, b))
-        total, td_error = 0.0, 0.0
+        total, td_errors = 0.0, tf.TensorArray(tf.float32, size=g)
         for i in tf.range(g):
             mask = tf.one_hot(action[i], n_actions)
             with tf.GradientTape() as tape:
                 # Masked prediction vs masked target: only the taken action's error counts.
                 q_taken = model([obs[i], mask], training=True)
-                loss = model.loss(mask * y[i][:, None], q_taken)
-            td_error += tf.reduce_mean(tf.abs(y[i] - tf.reduce_sum(q_taken, axis=1)))
+                # --prioritized: each transition's loss is scaled by its importance weight.
+                loss = model.loss(mask * y[i][:, None], q_taken, sample_weight=None if weight is None else weight[i])
+            td_errors = td_errors.write(i, tf.abs(y[i] - tf.reduce_sum(q_taken, axis=1)))
             grads = tape.gradient(loss, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             if tau is not None:
@@ -334,8 +388,7 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
             total += loss
         # Returning the new weights lets the caller copy them to numpy for acting at no
         # extra cost (reading the variables in separate calls costs ~0.1 ms each).
-        n = tf.cast(g, tf.float32)
-        return total / n, td_error / n, [tf.identity(v) for v in model.trainable_variables]
+        return total / tf.cast(g, tf.float32), td_errors.stack(), [tf.identity(v) for v in model.trainable_variables]
 
     return fit_batch
 
@@ -355,10 +408,10 @@ def run_episodes(env: gym.Env, policy, episodes: int, seed: int | None = None):
         yield total
 
 
-def evaluate(env: gym.Env, weights, episodes: int, seed: int | None = None) -> np.ndarray:
+def evaluate(env: gym.Env, weights, episodes: int, seed: int | None = None, dueling: str = "none") -> np.ndarray:
     """Greedy returns over whole episodes on `env`, which must not be the training env
     (stepping the training env would cut its current episode short)."""
-    policy = functools.partial(greedy_action, weights)
+    policy = functools.partial(greedy_action, weights, dueling=dueling)
     bar = tqdm(run_episodes(env, policy, episodes, seed), total=episodes, desc="eval", leave=False)
     return np.array(list(bar))
 
@@ -368,9 +421,9 @@ def target_distance(weights: list[np.ndarray], target: keras.Model) -> float:
     return float(np.mean([np.abs(w - t).mean() for w, t in zip(weights, numpy_weights(target), strict=True)]))
 
 
-def average_max_q(weights, validation_obs: np.ndarray) -> float:
+def average_max_q(weights, validation_obs: np.ndarray, dueling: str = "none") -> float:
     """Mean over a fixed set of states of max_a Q(s, a): a smooth signal of learning progress."""
-    return float(q_values(weights, validation_obs).max(axis=1).mean())
+    return float(q_values(weights, validation_obs, dueling).max(axis=1).mean())
 
 
 # ------------------------------------------------------------------------ training loop
@@ -385,10 +438,13 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     # Linear learning-rate decay; the schedule counts gradient steps, not env steps.
     updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps
     lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
-    model = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss)
-    target = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss)
+    model = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss, args.dueling)
+    target = create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss, args.dueling)
     target.set_weights(model.get_weights())
-    replay = ReplayBuffer(args.buffer_size, (obs_dim,))
+    if args.prioritized:
+        replay = PrioritizedReplayBuffer(args.buffer_size, (obs_dim,), args.per_alpha, args.per_eps)
+    else:
+        replay = ReplayBuffer(args.buffer_size, (obs_dim,))
     st = dict(step=0, episode=0, train_seconds=0.0, compile_seconds=0.0, wall_seconds=0.0, evals=[],
               first_solved_step=None, best_eval_step=None, best_eval_mean=None)
     validation_obs = None  # fixed states for the average-max-Q curve, drawn when learning starts
@@ -417,7 +473,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
 
     obs, _ = env.reset(seed=int(rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(rng.integers(2**31)))  # seeds the evaluation episodes' start states too
-    ep_return, ep_len, last_return, losses, td_errors, status = 0.0, 0, float("nan"), [], [], "finished"
+    ep_return, ep_len, last_return, status = 0.0, 0, float("nan"), "finished"
+    losses, td_errors, is_weights = [], [], []  # per training call, averaged into each log line
     compiled = False
     step = st["step"]
     t_start = t_log = time.perf_counter()
@@ -428,7 +485,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
         # act, step the env, store the transition
         epsilon = epsilon_at(step, args.epsilon_start, args.epsilon_end, args.epsilon_steps, args.epsilon_schedule,
                              args.epsilon_decay)
-        action = epsilon_greedy_action(weights, obs, epsilon, rng, n_actions)
+        action = epsilon_greedy_action(weights, obs, epsilon, rng, n_actions, args.dueling)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         for transition in n_step.push(obs, action, reward, next_obs, terminated, truncated):
             replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
@@ -445,7 +502,15 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             if validation_obs is None:
                 validation_obs = replay.sample(rng, min(1000, len(replay)))["obs"]
             t_call = time.perf_counter()
-            loss, td_error, new_weights = fit_batch(**replay.sample(rng, (args.gradient_steps, args.batch_size)))
+            shape = (args.gradient_steps, args.batch_size)
+            if args.prioritized:
+                # beta rises to 1 (full bias correction) as training ends and the policy settles
+                batch = replay.sample(rng, shape, beta=args.per_beta + (1 - args.per_beta) * step / args.steps)
+                index = batch.pop("index")
+                is_weights.append(float(batch["weight"].mean()))
+            else:
+                batch = replay.sample(rng, shape)
+            loss, td_error, new_weights = fit_batch(**batch)
             if not compiled:  # the first call of a process traces and XLA-compiles the update
                 st["compile_seconds"] += time.perf_counter() - t_call
                 compiled = True
@@ -453,8 +518,11 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             if not np.isfinite(loss):
                 status = "diverged"
                 break
+            td_error = td_error.numpy()
+            if args.prioritized:
+                replay.update_priorities(index, td_error)
             losses.append(loss)
-            td_errors.append(float(td_error))
+            td_errors.append(float(td_error.mean()))
             weights = [w.numpy() for w in new_weights]
         if args.tau is None and step % args.target_update == 0:
             copy_to_target()
@@ -465,20 +533,22 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             sps, rss = (step - step_log) / (now - t_log), psutil.Process().memory_info().rss / 2**20
             mean_loss = float(np.mean(losses)) if losses else float("nan")
             mean_td = float(np.mean(td_errors)) if td_errors else float("nan")
+            mean_is = float(np.mean(is_weights)) if is_weights else float("nan")
+            tau = float("nan") if args.tau is None else args.tau
             for tag, value in [("train/loss", mean_loss), ("train/td_error", mean_td), ("train/epsilon", epsilon),
-                               ("train/target_distance", target_distance(weights, target)),
-                               ("perf/steps_per_second", sps), ("perf/rss_mb", rss)]:
-                if np.isfinite(value):  # no loss yet before learning starts
+                               ("train/target_distance", target_distance(weights, target)), ("train/tau", tau),
+                               ("train/is_weight", mean_is), ("perf/steps_per_second", sps), ("perf/rss_mb", rss)]:
+                if np.isfinite(value):  # no loss before learning starts; no tau or weights unless switched on
                     log.scalar(tag, value, step)
             bar.write(f"episode {st['episode']:5d}  step {step:7d}  loss {mean_loss:8.4f}  "
                       f"return {last_return:7.1f}  epsilon {epsilon:.3f}  {sps:6.0f} steps/s  {rss:4.0f} MiB")
-            t_log, step_log, losses, td_errors = now, step, [], []
+            t_log, step_log, losses, td_errors, is_weights = now, step, [], [], []
         if args.eval_every and step % args.eval_every == 0:
-            mean = float(evaluate(eval_env, weights, args.eval_episodes).mean())
+            mean = float(evaluate(eval_env, weights, args.eval_episodes, dueling=args.dueling).mean())
             st["evals"].append([step, mean])
             log.scalar("eval/mean_return", mean, step)
             if validation_obs is not None:
-                log.scalar("eval/avg_max_q", average_max_q(weights, validation_obs), step)
+                log.scalar("eval/avg_max_q", average_max_q(weights, validation_obs, args.dueling), step)
             if env.spec.reward_threshold is not None and mean >= env.spec.reward_threshold:
                 st["first_solved_step"] = st["first_solved_step"] or step
             if args.keep_best and (st["best_eval_mean"] is None or mean >= st["best_eval_mean"]):
@@ -507,14 +577,14 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             model.save(run_dir / "last.keras")
             episodes, eval_seed = args.final_eval_episodes, args.seed + 10_000  # same start states for both
             if episodes:
-                last_returns = evaluate(eval_env, weights, episodes, eval_seed)
+                last_returns = evaluate(eval_env, weights, episodes, eval_seed, args.dueling)
             if best_weights is not None:
                 model.set_weights(best_weights)
                 weights = best_weights
             model.save(run_dir / "final.keras")
             if episodes:
                 same = best_weights is None
-                final_returns = last_returns if same else evaluate(eval_env, weights, episodes, eval_seed)
+                final_returns = last_returns if same else evaluate(eval_env, weights, episodes, eval_seed, args.dueling)
                 log.scalar("eval/final_mean_return", final_returns.mean(), step)
     summary = write_summary(run_dir, args, st, status, final_returns, last_returns, env.spec.reward_threshold)
     log.close()
@@ -622,11 +692,12 @@ def save_gif(frames: list[np.ndarray], path: str, every: int = 2) -> None:
 
 def play(args: argparse.Namespace) -> None:
     """--model PATH with --view, --eval, --video and/or --gif."""
-    weights = numpy_weights(load_model(args.model, make_env(args.env)))  # check it before writing anything
+    model = load_model(args.model, make_env(args.env))  # check it before writing anything
+    weights, dueling = numpy_weights(model), dueling_mode(model)
     env = play_env(args.env, args.view, args.video, args.gif)
     episodes = args.episodes or (100 if args.eval else 3)
-    returns = show_episodes(env, functools.partial(greedy_action, weights), episodes, args.seed, args.gif,
-                            quiet=args.eval)
+    policy = functools.partial(greedy_action, weights, dueling=dueling)
+    returns = show_episodes(env, policy, episodes, args.seed, args.gif, quiet=args.eval)
     if args.eval:
         threshold = env.spec.reward_threshold
         verdict = "" if threshold is None else f"; solved: {'yes' if returns.mean() >= threshold else 'no'} " \

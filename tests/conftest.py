@@ -28,3 +28,12 @@ def trained_run(tmp_path_factory) -> Path:
                "--name", "short", cwd=cwd)
     assert r.returncode == 0, r.stderr
     return cwd / "runs" / "short"
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    """The tags of the scalars (stored as tensors by tf.summary) in a run's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})  # 0: keep every point
+    acc.Reload()
+    return set(acc.Tags()["tensors"])

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, script
+from conftest import ROOT, scalar_tags, script
 
 
 def summary(run_dir) -> dict:
@@ -218,10 +218,13 @@ def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
     assert s2["train_seconds"] > s["train_seconds"]
 
 
+ALL_ON = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.01", "--loss", "huber",
+          "--epsilon-schedule", "exponential"]
+
+
 @pytest.mark.parametrize("variant", [["--double"], ["--tau", "0.01"], ["--epsilon-schedule", "exponential"],
-                                     ["--n-step", "3"], ["--loss", "huber"],
-                                     ["--double", "--tau", "0.01", "--epsilon-schedule", "exponential", "--n-step", "3",
-                                      "--loss", "huber"]])
+                                     ["--n-step", "3"], ["--loss", "huber"], ["--dueling", "avg"], ["--dueling", "max"],
+                                     ["--prioritized"], ALL_ON])
 def test_variants_train_save_and_load(tmp_path, variant):
     r = script("run.py", "--env", "CartPole-v1", "--steps", "3000", "--learning-starts", "500", "--eval-every", "1000",
                "--eval-episodes", "2", "--final-eval-episodes", "3", "--name", "v", *variant, cwd=tmp_path)
@@ -230,3 +233,5 @@ def test_variants_train_save_and_load(tmp_path, variant):
     r = script("run.py", "--env", "CartPole-v1", "--model", tmp_path / "runs" / "v" / "final.keras", "--eval",
                "--episodes", "3", cwd=tmp_path)
     assert r.returncode == 0 and "CartPole-v1: mean return" in r.stdout, r.stderr
+    if variant is ALL_ON:  # TensorBoard shows the importance weights and tau of the variants switched on
+        assert {"train/is_weight", "train/tau", "train/td_error"} <= scalar_tags(tmp_path / "runs" / "v")

@@ -176,3 +176,64 @@ def test_exponential_epsilon_schedule():
     assert run.epsilon_at(0, 1.0, 0.05, 0, "exponential", 0.99) == 1.0
     assert run.epsilon_at(10, 1.0, 0.05, 0, "exponential", 0.99) == pytest.approx(0.99**10)
     assert run.epsilon_at(10_000, 1.0, 0.05, 0, "exponential", 0.99) == 0.05  # floored at the end value
+
+
+@pytest.mark.parametrize("mode, expected", [("avg", [[0.0, 2.0, 4.0]]), ("max", [[-2.0, 0.0, 2.0]])])
+def test_dueling_aggregation_by_hand(mode, expected):
+    value, advantage = np.array([[2.0]], np.float32), np.array([[1.0, 3.0, 5.0]], np.float32)
+    # avg: 2 + A - 3;  max: 2 + A - 5
+    np.testing.assert_allclose(run.Dueling(mode)([value, advantage]).numpy(), expected)
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_dueling_network_numpy_forward_mask_and_snapshots(tmp_path, mode):
+    run.keras.utils.set_random_seed(0)
+    model = run.create_model(2, 3, 16, 1e-2, 10.0, dueling=mode)
+    obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
+    all_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
+    np.testing.assert_allclose(run.q_values(run.numpy_weights(model), obs, mode), all_q, rtol=1e-5, atol=1e-6)
+    one_hot = np.eye(3, dtype=np.float32)[np.arange(50) % 3]  # the mask still picks one action's Q
+    np.testing.assert_allclose(model([obs, one_hot]).numpy(), all_q * one_hot, rtol=1e-6)
+    value, advantage = head_output(model, obs, "value"), head_output(model, obs, "advantage")
+    reduce = np.mean if mode == "avg" else np.max
+    expected = value + advantage - reduce(advantage, axis=1, keepdims=True)  # V (50, 1) broadcasts over actions
+    np.testing.assert_allclose(all_q, expected, rtol=1e-5, atol=1e-6)
+    for name in ("q.keras", "q.h5"):
+        model.save(tmp_path / name)
+        loaded = run.keras.models.load_model(tmp_path / name, compile=False)
+        assert run.dueling_mode(loaded) == mode
+        np.testing.assert_array_equal(loaded([obs, np.ones((50, 3), np.float32)]).numpy(), all_q)
+
+
+def head_output(model, obs, head: str) -> np.ndarray:
+    """The output of the dueling network's `value` or `advantage` layer for `obs`."""
+    return run.keras.Model(model.inputs[0], model.get_layer(head).output)(obs).numpy()
+
+
+def test_huber_gradient_is_mse_near_zero_and_clipped_beyond_one():
+    def grad(loss: str, error: float) -> float:
+        fn = run.create_model(2, 1, 4, 1e-3, 10.0, loss=loss).loss
+        q = run.tf.Variable([[0.0]])
+        with run.tf.GradientTape() as tape:
+            value = fn(run.tf.constant([[error]]), q)
+        return float(tape.gradient(value, q)[0, 0])
+
+    assert grad("mse", 0.5) == pytest.approx(-1.0) and grad("huber", 0.5) == pytest.approx(-0.5)
+    assert grad("mse", 4.0) == pytest.approx(-8.0) and grad("huber", 4.0) == pytest.approx(-1.0)
+    assert grad("huber", -4.0) == pytest.approx(1.0)
+
+
+def test_fit_batch_scales_each_transition_by_its_importance_weight():
+    def moved(weight) -> np.ndarray:
+        model, target = constant_q_model([0.0, 0.0], lr=0.01), constant_q_model([0.0, 0.0])
+        obs = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)  # two transitions, different states
+        batch = dict(obs=obs, action=np.array([[0, 1]], np.int32), reward=np.array([[1.0, 1.0]], np.float32),
+                     next_obs=obs, terminated=np.ones((1, 2), np.float32), discount=np.full((1, 2), 0.9, np.float32))
+        _, td, _ = run.make_fit_batch(model, target)(**batch, weight=np.array([weight], np.float32))
+        np.testing.assert_allclose(td.numpy(), [[1.0, 1.0]])  # |y - Q| = |1 - 0| per transition
+        return model.get_weights()[-1]  # the output biases of actions 0 and 1
+
+    bias = moved([1.0, 0.0])  # only transition 0 (action 0) counts
+    assert bias[0] > 0 and bias[1] == 0
+    bias = moved([1.0, 1.0])
+    assert bias[0] > 0 and bias[1] > 0

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from replay_buffer import NStep, ReplayBuffer
+from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer, SumTree
 
 
 def fill(buf: ReplayBuffer, n: int) -> None:
@@ -87,3 +87,65 @@ def test_nstep_across_a_truncation_bootstraps_from_the_last_state_with_shorter_d
 def test_one_step_is_the_plain_transition():
     out = run_nstep([1.0, 2.0, 3.0], n=1, gamma=0.9, end="truncated")
     assert [(o[0], o[2], o[3], o[5]) for o in out] == [([0], 1.0, [1], 0.9), ([1], 2.0, [2], 0.9), ([2], 3.0, [3], 0.9)]
+
+
+def test_sum_tree_invariants_after_updates():
+    tree, rng = SumTree(10), np.random.default_rng(0)  # 10 leaves pad to 16
+    leaves = np.zeros(10)
+    for _ in range(50):
+        idx = rng.integers(10, size=4)  # with repeats: the last value of an index wins
+        p = rng.random(4)
+        tree.set(idx, p)
+        for i, v in zip(idx, p, strict=True):
+            leaves[i] = v
+        for node in range(1, tree.leaves):  # every inner node is the sum of its two children
+            assert tree.nodes[node] == pytest.approx(tree.nodes[2 * node] + tree.nodes[2 * node + 1])
+        assert tree.total() == pytest.approx(leaves.sum())
+        np.testing.assert_array_equal(tree.get(np.arange(10)), leaves)
+    # find() is a search in the prefix sums of the leaves
+    mass = rng.random(1000) * tree.total()
+    np.testing.assert_array_equal(tree.find(mass), np.searchsorted(np.cumsum(leaves), mass, side="right"))
+
+
+def test_sum_tree_find_by_hand():
+    tree = SumTree(4)
+    tree.set([0, 1, 2, 3], [1.0, 0.0, 3.0, 2.0])  # prefix sums 1, 1, 4, 6
+    assert tree.find(np.array([0.0, 0.99, 1.0, 3.99, 4.0, 5.99])).tolist() == [0, 0, 2, 2, 3, 3]
+
+
+def test_prioritized_sampling_follows_priorities_and_weights_undo_it():
+    buf = PrioritizedReplayBuffer(4, (1,), alpha=0.5, eps=0.0)
+    for v in range(4):
+        buf.add([v], 0, 0.0, [v], False, 0.99)
+    buf.update_priorities(np.arange(4), np.array([1.0, 4.0, 9.0, 16.0]))  # p = |td|^0.5 = 1, 2, 3, 4
+    batch = buf.sample(np.random.default_rng(0), (5000, 20), beta=0.5)
+    counts = np.bincount(batch["obs"][..., 0].astype(int).ravel(), minlength=4)
+    np.testing.assert_allclose(counts / counts.sum(), [0.1, 0.2, 0.3, 0.4], atol=0.005)
+    # w_i = (N P(i))^-beta / max w: P = 0.1..0.4, N = 4, beta = 0.5
+    w = (4 * np.array([0.1, 0.2, 0.3, 0.4])) ** -0.5
+    i = batch["index"]
+    assert np.all(batch["obs"][..., 0] == i)
+    np.testing.assert_allclose(batch["weight"], (w / w.max())[i], rtol=1e-5)  # every minibatch holds item 0
+
+
+def test_new_transitions_get_the_largest_priority_so_far():
+    buf = PrioritizedReplayBuffer(8, (1,), alpha=1.0, eps=0.0)
+    buf.add([0], 0, 0.0, [0], False, 0.99)
+    assert buf.tree.get(0) == 1.0  # the first one gets 1
+    buf.update_priorities(np.array([0]), np.array([5.0]))
+    buf.add([1], 0, 0.0, [1], False, 0.99)
+    assert buf.tree.get(1) == 5.0 and buf.tree.total() == 10.0
+    buf.update_priorities(np.array([0, 1]), np.array([0.5, 0.5]))
+    buf.add([2], 0, 0.0, [2], False, 0.99)
+    assert buf.tree.get(2) == 5.0  # the maximum ever seen, not the current one
+
+
+def test_prioritized_save_and_load_keeps_priorities(tmp_path):
+    buf = PrioritizedReplayBuffer(5, (2,))
+    fill(buf, 7)
+    buf.update_priorities(np.arange(5), np.arange(5.0))
+    buf.save(tmp_path / "replay.npz")
+    other = PrioritizedReplayBuffer(5, (2,))
+    other.load(tmp_path / "replay.npz")
+    np.testing.assert_array_equal(other.tree.nodes, buf.tree.nodes)
+    assert other.max_priority == buf.max_priority and other.next == buf.next

@@ -27,6 +27,7 @@ def test_event_file_has_the_expected_scalars(trained_run):
     assert len(returns) == 15 and all(-200 <= r <= 0 for r in returns)  # 3000 steps = 15 MountainCar episodes
     assert [e.step for e in acc.Tensors("eval/mean_return")] == [1000, 2000, 3000]
     assert "settings" in tags  # the run's flags as a text table
+    assert not {"train/is_weight", "train/tau"} & tags  # only logged when --prioritized / --tau are on
 
 
 def free_port() -> int:
