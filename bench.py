@@ -5,7 +5,9 @@ Learning:    python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
     seed and the aggregate, and plots every seed's evaluation curve to --plot.
 Throughput:  python bench.py --throughput --steps 20000
     trains in the 2018 tutorial's regime (one gradient step on a batch of 64 per env step,
-    a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X
+    a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
+    In the same run, alternating with it: one compiled call per env step, and every DQN
+    variant switched on at once; then it times prioritized-replay sampling in process.
 
 Each training is a separate `python run.py` process, timed from start to exit.
 """
@@ -24,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 # runs every 16 steps with 16 gradient steps per compiled call (same ratio, less overhead).
 TUTORIAL_REGIME = ["--units", "32", "--batch-size", "64", "--train-freq", "16", "--gradient-steps", "16",
                    "--learning-starts", "64", "--eval-every", "0", "--final-eval-episodes", "0"]
+ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.005", "--loss", "huber"]
 
 
 def run_trainings(jobs: list[tuple[str, list[str]]], logdir: Path, parallel: int) -> dict[str, dict]:
@@ -94,6 +97,55 @@ def plot_curves(results: dict[str, dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def throughput(root: Path, flags: list[str], repeats: int) -> None:
+    """Training steps/s of the batched update, against one call per env step and against all
+    variants on. One training at a time (parallel ones would compete for the cores), the three
+    alternating, so all see the same machine; medians of `repeats` runs."""
+    configs = {"batched (16 updates per call)": [],
+               "one call per env step": ["--train-freq", "1", "--gradient-steps", "1"],
+               "all variants on": ALL_VARIANTS}
+    sps = {name: [] for name in configs}
+    with_compile = []
+    for r in range(repeats):
+        for i, (name, extra) in enumerate(configs.items()):
+            s = run_trainings([(f"c{i}-{r}", [*TUTORIAL_REGIME, *extra, *flags])], root, 1)[f"c{i}-{r}"]
+            sps[name].append(s.get("steps_per_second", 0.0))
+            if i == 0:
+                with_compile.append(s.get("steps", 0) / s.get("train_seconds", float("inf")))
+    med = {name: statistics.median(x) for name, x in sps.items()}
+    base = next(iter(med.values()))
+    for name, x in sps.items():
+        print(f"{name}: {', '.join(f'{v:.0f}' for v in x)} steps/s, median {med[name]:.0f} "
+              f"({med[name] / base:.2f}x the batched plain DQN)")
+    print(f"batched, including the one-time XLA compile: {statistics.median(with_compile):.0f} steps/s")
+    sample_us, update_us = time_prioritized_sampling()
+    print(f"prioritized replay, 100,000 items: sampling a batch of 64 takes {sample_us:.0f} us, updating its "
+          f"priorities {update_us:.0f} us; one batched gradient update (with its env step) takes "
+          f"{1e6 / base:.0f} us")
+    print(f"steps_per_second: {base:.0f}")
+
+
+def time_prioritized_sampling(items: int = 100_000, batch: int = 64, calls: int = 2000) -> tuple[float, float]:
+    """Median microseconds to sample one batch from a full prioritized replay, and to update its priorities."""
+    import numpy as np
+
+    from replay_buffer import PrioritizedReplayBuffer
+
+    rng = np.random.default_rng(0)
+    replay = PrioritizedReplayBuffer(items, (8,))  # LunarLander-sized observations
+    replay.size = items  # the contents do not matter for timing, only the priorities
+    replay.update_priorities(np.arange(items), rng.exponential(size=items))
+    sample, update = [], []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        b = replay.sample(rng, batch, beta=0.5)
+        t1 = time.perf_counter()
+        replay.update_priorities(b["index"], rng.exponential(size=batch))
+        sample.append(t1 - t0)
+        update.append(time.perf_counter() - t1)
+    return statistics.median(sample) * 1e6, statistics.median(update) * 1e6
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one training per seed")
@@ -110,22 +162,7 @@ def main() -> int:
     steps = [] if a.steps is None else ["--steps", str(a.steps)]
 
     if a.throughput:
-        # One training at a time (parallel ones would compete for the cores), alternating the
-        # batched regime with one compiled call per env step, so both see the same machine.
-        per_step = ["--train-freq", "1", "--gradient-steps", "1"]
-        sps, sps_with_compile, sps_per_step = [], [], []
-        for r in range(a.repeats):
-            s = run_trainings([(f"batched-{r}", [*TUTORIAL_REGIME, *steps, *a.flags])], root, 1)[f"batched-{r}"]
-            sps.append(s.get("steps_per_second", 0.0))
-            sps_with_compile.append(s.get("steps", 0) / s.get("train_seconds", float("inf")))
-            s = run_trainings([(f"per-step-{r}", [*TUTORIAL_REGIME, *per_step, *steps, *a.flags])], root, 1)
-            sps_per_step.append(s[f"per-step-{r}"].get("steps_per_second", 0.0))
-        med = statistics.median
-        print(f"batched (16 updates per call): {', '.join(f'{x:.0f}' for x in sps)} steps/s; "
-              f"including the one-time XLA compile: {med(sps_with_compile):.0f}")
-        print(f"one call per env step: {', '.join(f'{x:.0f}' for x in sps_per_step)} steps/s; "
-              f"batched / per-step = {med(sps) / med(sps_per_step):.1f}x")
-        print(f"steps_per_second: {med(sps):.0f}")
+        throughput(root, steps + a.flags, a.repeats)
         return 0
 
     jobs = [(f"seed{seed}", ["--seed", str(seed), *steps, *a.flags]) for seed in a.seeds]

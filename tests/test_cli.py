@@ -235,3 +235,27 @@ def test_variants_train_save_and_load(tmp_path, variant):
     assert r.returncode == 0 and "CartPole-v1: mean return" in r.stdout, r.stderr
     if variant is ALL_ON:  # TensorBoard shows the importance weights and tau of the variants switched on
         assert {"train/is_weight", "train/tau", "train/td_error"} <= scalar_tags(tmp_path / "runs" / "v")
+
+
+@pytest.mark.parametrize("env", ["CartPole-v1", "Acrobot-v1", "LunarLander-v3"])
+def test_env_preset_trains_and_evaluates(tmp_path, env):
+    r = script("run.py", "--env", env, "--steps", "1500", "--learning-starts", "500", "--eval-every", "1000",
+               "--eval-episodes", "1", "--final-eval-episodes", "2", "--name", "p", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = summary(tmp_path / "runs" / "p")
+    assert s["env"] == env and s["steps"] == 1500 and len(s["evals"]) == 1
+    r = script("run.py", "--env", env, "--model", tmp_path / "runs" / "p" / "final.keras", "--eval", "--episodes", "2",
+               cwd=tmp_path)
+    assert r.returncode == 0 and f"{env}: mean return" in r.stdout, r.stderr
+
+
+def test_preset_replaces_the_defaults_and_flags_still_win():
+    import run
+
+    for env, preset in run.PRESETS.items():
+        args = run.parse_args(["--env", env])
+        assert all(getattr(args, k) == v for k, v in preset.items()), env
+    assert run.parse_args([]).steps == 120_000  # MountainCar-v0, the default env
+    assert run.parse_args(["--env", "LunarLander-v3"]).steps == run.PRESETS["LunarLander-v3"]["steps"] != 120_000
+    assert run.parse_args(["--env=LunarLander-v3", "--steps", "7"]).steps == 7
+    assert run.parse_args(["--steps", "7", "--env", "CartPole-v1"]).steps == 7
