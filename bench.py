@@ -1,25 +1,42 @@
-"""Benchmark run.py: learning over several seeds, and raw training throughput.
+"""Benchmark run.py: compare configurations over many seeds, with confidence intervals; measure speed.
 
-Learning:    python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
-    trains once per seed (in parallel, up to the core count), prints a markdown table per
-    seed and the aggregate, and plots every seed's evaluation curve to --plot.
+Compare:     python bench.py --grid double=0,1 dueling=none,avg --seeds 5 --env CartPole-v1 --steps 50000
+    trains every combination of the given run.py flags x seeds; each training is one
+    `python run.py` process inside a Ray Tune trial. Ray starts locally on all cores, or
+    --address auto|ray://host:port sends the trials to a running Ray cluster. Writes to
+    bench/NAME/: runs/ (every trial's run directory: TensorBoard logs, snapshots), results.csv
+    (one row per trial), table.md (per configuration: IQM and mean of the final evaluation
+    with 95% bootstrap confidence intervals, solved count, time and steps to solve, steps/s)
+    and curves.png (evaluation return against env steps, one line and band per configuration).
+One config:  python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
+Resume:      python bench.py --resume NAME    reruns only the trials that did not finish
 Throughput:  python bench.py --throughput --steps 20000
     trains in the 2018 tutorial's regime (one gradient step on a batch of 64 per env step,
     a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
     In the same run, alternating with it: one compiled call per env step, and every DQN
     variant switched on at once; then it times prioritized-replay sampling in process.
-
-Each training is a separate `python run.py` process, timed from start to exit.
 """
 
 import argparse
+import csv
+import ctypes
+import itertools
 import json
+import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import run  # for its argument parser and its one-line errors; the trainings run in their own processes
 
 HERE = Path(__file__).resolve().parent
 # The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
@@ -28,73 +45,270 @@ TUTORIAL_REGIME = ["--units", "32", "--batch-size", "64", "--train-freq", "16", 
                    "--learning-starts", "64", "--eval-every", "0", "--final-eval-episodes", "0"]
 ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.005", "--loss", "huber"]
 
+# ------------------------------------------------------------------ the trials to run
 
-def run_trainings(jobs: list[tuple[str, list[str]]], logdir: Path, parallel: int) -> dict[str, dict]:
-    """Run `run.py` once per (name, flags), `parallel` at a time; return name -> summary."""
-    logdir.mkdir(parents=True, exist_ok=True)
-    pending, running, results = list(jobs), {}, {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            name, flags = pending.pop(0)
-            out = open(logdir / f"{name}.log", "w")
-            cmd = [sys.executable, str(HERE / "run.py"), "--name", name, "--logdir", str(logdir), *flags]
-            running[name] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), time.time(), out)
-        time.sleep(0.2)
-        for name, (proc, started, out) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            out.close()
-            del running[name]
-            summary_file = logdir / name / "summary.json"
-            summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
-            summary.update(process_seconds=round(time.time() - started, 1), exit_code=proc.returncode)
-            results[name] = summary
-            print(f"  {name}: exit {proc.returncode}, final eval {summary.get('final_eval_mean')}, "
-                  f"{summary['process_seconds']} s", file=sys.stderr, flush=True)
+
+def grid_configs(specs: list[str]) -> list[dict[str, str]]:
+    """["double=0,1", "dueling=none,avg"] -> every combination, as {flag: value} dicts."""
+    options = run.make_parser()._option_string_actions
+    axes = []
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        if not values or f"--{key}" not in options:
+            run.fail(f"--grid {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
+                     "e.g. double=0,1 or lr=1e-3,3e-4")
+        axes.append([(key, v) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def config_flags(config: dict[str, str]) -> list[str]:
+    """{"double": "1", "dueling": "avg"} -> ["--double", "--dueling", "avg"]; 0/1 switch on/off flags."""
+    options, flags = run.make_parser()._option_string_actions, []
+    for key, value in config.items():
+        action = options[f"--{key}"]
+        if action.nargs == 0:  # an on/off flag: --double, or --keep-best / --no-keep-best
+            on = value.lower() in ("1", "true", "yes", "on")
+            if not on and value.lower() not in ("0", "false", "no", "off"):
+                run.fail(f"--grid {key}={value}: --{key} is on/off, use {key}=0,1")
+            no = f"--no-{key}"
+            flags += [f"--{key}"] if on else [no] if no in action.option_strings else []
+        else:
+            flags += [f"--{key}", value]
+    return flags
+
+
+def config_label(config: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in config.items()) or "default"
+
+
+def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[str], root: Path) -> list[dict]:
+    """One trial per configuration and seed: its label, flags, and own run directory."""
+    trials = []
+    for config, seed in itertools.product(configs, seeds):
+        label = config_label(config)
+        name = f"{label.replace(' ', '_')}_seed{seed}"
+        trials.append(dict(name=name, config=label, seed=seed, flags=[*config_flags(config), *common],
+                           run_dir=str((root / "runs" / name).resolve())))
+    return trials
+
+
+# ------------------------------------------------------ running one trial, and many
+
+
+def die_with_parent() -> None:
+    """Linux: when the process that started run.py dies (Ray cancelling a trial, Ctrl-C), run.py
+    gets SIGINT, so it saves a snapshot and --resume can continue it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_trial(trial: dict) -> dict:
+    """Train one trial with `python run.py` and return its summary with `status` (finished,
+    interrupted, diverged or failed) and `error`. Never raises: one bad trial cannot stop the
+    others. A trial interrupted earlier continues from its snapshot (run.py --resume); the run
+    directory of one that failed is kept, renamed, and the trial starts again."""
+    run_dir = Path(trial["run_dir"])
+    summary_file = run_dir / "summary.json"
+    old = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if old.get("status") == "interrupted" and (run_dir / "resume" / "state.json").exists():
+        cmd = ["--resume", str(run_dir)]
+    else:
+        if run_dir.exists():
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}"))
+        cmd = ["--name", run_dir.name, "--logdir", str(run_dir.parent), "--seed", str(trial["seed"]), *trial["flags"]]
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log_file = run_dir.parent / f"{run_dir.name}.log"
+    started = time.time()
+    with open(log_file, "a") as log:
+        proc = subprocess.run([sys.executable, str(HERE / "run.py"), *cmd], stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=die_with_parent)
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
+    error = None
+    if proc.returncode != 0:  # run.py's last line says why (a one-line error, or how it stopped)
+        lines = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+        error = lines[-1][-300:] if lines else f"exit code {proc.returncode}"
+    return {**trial, **summary, "exit_code": proc.returncode, "error": error,
+            "process_seconds": round(time.time() - started, 1)}
+
+
+def run_in_processes(trials: list[dict], parallel: int, on_done) -> list[dict]:
+    """Without Ray: `parallel` trainings at a time on this machine, in plain processes."""
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = [pool.submit(run_trial, t) for t in trials]
+        results = []
+        for f in as_completed(futures):
+            results.append(f.result())
+            on_done(results[-1])
     return results
+
+
+def run_on_ray(trials: list[dict], address: str | None, parallel: int | None, root: Path, on_done) -> list[dict]:
+    """Each trial is a Ray Tune trial using one CPU. Without an address Ray starts here, on
+    every core; with one, the trials go to that cluster, whose nodes need this repository at
+    the same path with its requirements installed."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's quiet reporter; we print our own progress
+    import ray
+    from ray import tune
+
+    ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR)
+
+    def trainable(config: dict) -> dict:
+        # Returned, not raised: a failed training is a result. As one JSON string, so that
+        # Tune's own result keys (config, done, ...) cannot clash with ours.
+        return {"trial_result": json.dumps(run_trial(config["trial"]))}
+
+    class Progress(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            on_done(json.loads(trial.last_result["trial_result"]))
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # the Ray worker itself died
+            on_done(crashed(trial.config["trial"]))
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=parallel),
+        run_config=tune.RunConfig(name="tune", storage_path=str(root.resolve()), verbose=0, callbacks=[Progress()],
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    results = [crashed(r.config["trial"]) if r.error else json.loads(r.metrics["trial_result"]) for r in tuner.fit()]
+    ray.shutdown()
+    return results
+
+
+def crashed(trial: dict) -> dict:
+    return {**trial, "status": "failed", "error": "the Ray worker running this trial died"}
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+def iqm(x, axis: int = -1):
+    """Interquartile mean: the mean of the middle 50% of the values (Agarwal et al. 2021).
+    Less swayed by one outlier seed than the mean, less wasteful than the median."""
+    from scipy import stats
+
+    return stats.trim_mean(x, 0.25, axis=axis)
+
+
+def bootstrap_ci(values, statistic, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap confidence interval of `statistic` over the runs. The runs of
+    one configuration all share one env, so this is the stratified bootstrap of Agarwal et al.
+    2021 with a single stratum."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2 or np.ptp(x) == 0:  # nothing to resample: the interval is the point
+        return float(statistic(x)), float(statistic(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few seeds give a coarse bootstrap distribution, which is fine here
+        ci = stats.bootstrap((x,), statistic, n_resamples=resamples, method="percentile",
+                             rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+# ---------------------------------------------------------------------- reports
+
+CSV_COLUMNS = ["config", "seed", "status", "final_eval_mean", "final_eval_std", "last_eval_mean", "solved",
+               "first_solved_step", "first_solved_seconds", "best_eval_mean", "steps", "wall_seconds",
+               "steps_per_second", "peak_rss_mb", "run_dir", "error"]
+
+
+def write_csv(results: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results)
 
 
 def fmt(x, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def learning_table(results: dict[str, dict]) -> str:
-    """One row per seed. 'final' is final.keras (with --keep-best: the best periodic evaluation's
-    weights), 'last' the weights at the last step; both over the same 100 fresh episodes."""
-    rows = ["| seed | final.keras: mean ± std (100 ep.) | solved | last weights: mean | "
-            "first eval ≥ threshold at step | wall s | steps/s | peak RSS MiB |",
-            "|---:|---:|:---:|---:|---:|---:|---:|---:|"]
-    for s in results.values():
-        rows.append(f"| {s.get('seed', '?')} | {fmt(s.get('final_eval_mean'))} ± {fmt(s.get('final_eval_std'))} | "
-                    f"{'yes' if s.get('solved') else 'no'} | {fmt(s.get('last_eval_mean'))} | "
-                    f"{fmt(s.get('first_solved_step'), 'd')} | {s['process_seconds']:.0f} | "
-                    f"{fmt(s.get('steps_per_second'), '.0f')} | {fmt(s.get('peak_rss_mb'), '.0f')} |")
-    solved = sum(bool(s.get("solved")) for s in results.values())
-    wall = statistics.median(s["process_seconds"] for s in results.values())
-    rows.append(f"\nsolved: {solved}/{len(results)}, median wall seconds: {wall:.0f}")
+def by_config(results: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r["config"], []).append(r)
+    return groups
+
+
+def config_table(results: list[dict]) -> str:
+    """One row per configuration, over its seeds; a trial that did not finish counts as failed."""
+    rows = ["| configuration | trials | IQM of final return [95% CI] | mean [95% CI] | solved | "
+            "median seconds to solve | median steps to solve | steps/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for config, rs in by_config(results).items():
+        ok = [r for r in rs if r.get("status") == "finished" and r.get("final_eval_mean") is not None]
+        trials = f"{len(rs)}" + (f" ({len(rs) - len(ok)} failed)" if len(ok) < len(rs) else "")
+        if not ok:
+            rows.append(f"| {config} | {trials} | - | - | 0/{len(rs)} | - | - | - |")
+            continue
+        final = [r["final_eval_mean"] for r in ok]
+        lo, hi = bootstrap_ci(final, iqm)
+        mlo, mhi = bootstrap_ci(final, np.mean)
+        solved = [r for r in ok if r.get("solved")]
+        reached = [r for r in ok if r.get("first_solved_step") is not None]
+        to_solve = {key: statistics.median(r[key] for r in reached) if reached else None
+                    for key in ("first_solved_seconds", "first_solved_step")}
+        rows.append(f"| {config} | {trials} | {iqm(final):.1f} [{lo:.1f}, {hi:.1f}] | "
+                    f"{np.mean(final):.1f} [{mlo:.1f}, {mhi:.1f}] | {len(solved)}/{len(rs)} | "
+                    f"{fmt(to_solve['first_solved_seconds'], '.0f')} | {fmt(to_solve['first_solved_step'], '.0f')} | "
+                    f"{statistics.median(r['steps_per_second'] for r in ok):.0f} |")
     return "\n".join(rows)
 
 
-def plot_curves(results: dict[str, dict], path: Path) -> None:
+def trial_table(results: list[dict]) -> str:
+    """One row per trial. 'final' is final.keras (with --keep-best: the best periodic evaluation's
+    weights), 'last' the weights at the last step; both over the same 100 fresh episodes."""
+    rows = ["| configuration | seed | status | final.keras: mean ± std | solved | last weights: mean | "
+            "first eval ≥ threshold at step | wall s | steps/s | peak RSS MiB |",
+            "|---|---:|---|---:|:---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        status = r.get("status", "failed") + (f": {r['error']}" if r.get("error") else "")
+        rows.append(f"| {r['config']} | {r['seed']} | {status} | {fmt(r.get('final_eval_mean'))} ± "
+                    f"{fmt(r.get('final_eval_std'))} | {'yes' if r.get('solved') else 'no'} | "
+                    f"{fmt(r.get('last_eval_mean'))} | {fmt(r.get('first_solved_step'), 'd')} | "
+                    f"{fmt(r.get('wall_seconds'), '.0f')} | {fmt(r.get('steps_per_second'), '.0f')} | "
+                    f"{fmt(r.get('peak_rss_mb'), '.0f')} |")
+    return "\n".join(rows)
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    """Greedy evaluation return against env steps: per configuration the mean over seeds with
+    its 95% bootstrap band (and, for a single configuration, every seed's own curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for s in results.values():
-        if s.get("evals"):
-            steps, means = zip(*s["evals"], strict=True)
-            ax.plot(steps, means, label=f"seed {s['seed']}", alpha=0.8)
-    threshold = next((s.get("solved_threshold") for s in results.values() if s.get("solved_threshold")), None)
+    groups = by_config(results)
+    for i, (config, rs) in enumerate(groups.items()):
+        color = f"C{i}"
+        points: dict[int, list[float]] = {}
+        for r in rs:
+            for step, mean in r.get("evals") or []:
+                points.setdefault(step, []).append(mean)
+            if len(groups) == 1 and r.get("evals"):
+                ax.plot(*zip(*r["evals"], strict=True), color="grey", alpha=0.35, linewidth=0.8)
+        if not points:
+            continue
+        steps = sorted(points)
+        bands = [bootstrap_ci(points[s], np.mean, resamples=500) for s in steps]
+        ax.plot(steps, [np.mean(points[s]) for s in steps], color=color, label=f"{config} ({len(rs)} seeds)")
+        ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.2)
+    threshold = next((r.get("solved_threshold") for r in results if r.get("solved_threshold") is not None), None)
     if threshold is not None:
         ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"solved ({threshold})")
-    env = next(iter(results.values())).get("env", "")
+    env = next((r["env"] for r in results if r.get("env")), "")
     ax.set(xlabel="environment steps", ylabel="greedy evaluation return", title=f"DQN on {env}")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------- throughput
 
 
 def throughput(root: Path, flags: list[str], repeats: int) -> None:
@@ -108,10 +322,14 @@ def throughput(root: Path, flags: list[str], repeats: int) -> None:
     with_compile = []
     for r in range(repeats):
         for i, (name, extra) in enumerate(configs.items()):
-            s = run_trainings([(f"c{i}-{r}", [*TUTORIAL_REGIME, *extra, *flags])], root, 1)[f"c{i}-{r}"]
-            sps[name].append(s.get("steps_per_second", 0.0))
+            trial = dict(name=f"c{i}-{r}", config=name, seed=0, flags=[*TUTORIAL_REGIME, *extra, *flags],
+                         run_dir=str((root / f"c{i}-{r}").resolve()))
+            s = run_trial(trial)
+            if s["status"] != "finished":
+                run.fail(f"the throughput training {trial['name']} failed: {s['error']}")
+            sps[name].append(s["steps_per_second"])
             if i == 0:
-                with_compile.append(s.get("steps", 0) / s.get("train_seconds", float("inf")))
+                with_compile.append(s["steps"] / s["train_seconds"])
     med = {name: statistics.median(x) for name, x in sps.items()}
     base = next(iter(med.values()))
     for name, x in sps.items():
@@ -127,8 +345,6 @@ def throughput(root: Path, flags: list[str], repeats: int) -> None:
 
 def time_prioritized_sampling(items: int = 100_000, batch: int = 64, calls: int = 2000) -> tuple[float, float]:
     """Median microseconds to sample one batch from a full prioritized replay, and to update its priorities."""
-    import numpy as np
-
     from replay_buffer import PrioritizedReplayBuffer
 
     rng = np.random.default_rng(0)
@@ -146,33 +362,97 @@ def time_prioritized_sampling(items: int = 100_000, batch: int = 64, calls: int 
     return statistics.median(sample) * 1e6, statistics.median(update) * 1e6
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one training per seed")
-    p.add_argument("--parallel", type=int, default=os.cpu_count(), help="trainings at a time")
-    p.add_argument("--name", default=time.strftime("bench-%Y%m%d-%H%M%S"), help="runs go to LOGDIR/NAME")
-    p.add_argument("--logdir", default="runs", help="root folder for the runs")
-    p.add_argument("--plot", default=None, help="PNG of the evaluation curves (default: LOGDIR/NAME/curves.png)")
-    p.add_argument("--throughput", action="store_true", help="measure training steps/s in the tutorial's regime")
-    p.add_argument("--steps", type=int, default=None, help="env steps per training (default: run.py's)")
-    p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
-    p.add_argument("flags", nargs="*", help="extra run.py flags, after --")
-    a = p.parse_args()
-    root = Path(a.logdir) / a.name
-    steps = [] if a.steps is None else ["--steps", str(a.steps)]
+# ---------------------------------------------------------------------------- main
 
+
+def parse_args() -> argparse.Namespace:
+    p = run.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2",
+                   help="run.py flags to vary (without their dashes); every combination is one configuration")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="seeds per configuration: one number N means seeds 0..N-1, several mean exactly those")
+    p.add_argument("--env", default=None, help="run.py --env for every trial (default: run.py's)")
+    p.add_argument("--steps", type=int, default=None, help="run.py --steps for every trial (default: run.py's)")
+    p.add_argument("--name", default=None, help="results go to LOGDIR/NAME (default: a timestamp)")
+    p.add_argument("--logdir", default="bench", help="root folder for benchmark results")
+    p.add_argument("--resume", metavar="NAME", default=None,
+                   help="finish the bench LOGDIR/NAME: rerun its failed or interrupted trials, keep the finished ones")
+    p.add_argument("--address", default=None,
+                   help="a running Ray cluster (auto, or ray://host:port); default: start Ray here on all cores")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="at most this many trainings at a time (default: one per core Ray has)")
+    p.add_argument("--no-ray", action="store_true",
+                   help="run the trainings as plain processes here instead (the baseline for Ray's overhead)")
+    p.add_argument("--plot", default=None, help="where to write the curves (default: LOGDIR/NAME/curves.png)")
+    p.add_argument("--throughput", action="store_true", help="measure training steps/s in the tutorial's regime")
+    p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
+    p.add_argument("flags", nargs="*", help="extra run.py flags for every trial, after --")
+    a = p.parse_args()
+    if a.parallel is not None and a.parallel < 1:
+        run.fail(f"--parallel must be at least 1, got {a.parallel}")
+    if len(a.seeds) == 1:
+        if a.seeds[0] < 1:
+            run.fail(f"--seeds N needs N >= 1, got {a.seeds[0]}")
+        a.seeds = list(range(a.seeds[0]))
+    return a
+
+
+def main() -> int:
+    a = parse_args()
+    name = a.resume or a.name or time.strftime("bench-%Y%m%d-%H%M%S")
+    root = Path(a.logdir) / name
+    common = [*(["--env", a.env] if a.env else []), *(["--steps", str(a.steps)] if a.steps else []), *a.flags]
     if a.throughput:
-        throughput(root, steps + a.flags, a.repeats)
+        throughput(root, common, a.repeats)
         return 0
 
-    jobs = [(f"seed{seed}", ["--seed", str(seed), *steps, *a.flags]) for seed in a.seeds]
-    results = dict(sorted(run_trainings(jobs, root, a.parallel).items(), key=lambda kv: kv[1].get("seed", 0)))
-    table = learning_table(results)
-    plot_curves(results, Path(a.plot) if a.plot else root / "curves.png")
+    spec_file = root / "bench.json"
+    if a.resume:  # the trials come from the bench being resumed, like run.py --resume
+        if not spec_file.is_file():
+            run.fail(f"{root} is not a bench to resume (no bench.json); pass the NAME of an earlier bench")
+        trials = json.loads(spec_file.read_text())["trials"]
+    else:
+        if root.exists():
+            run.fail(f"{root} already exists; choose another --name, or --resume {name}")
+        trials = make_trials(grid_configs(a.grid), a.seeds, common, root)
+        root.mkdir(parents=True)
+        spec_file.write_text(json.dumps(dict(command=sys.argv, trials=trials), indent=1))
+
+    done = {t["name"]: trial_summary(t) for t in trials}
+    kept = {k: v for k, v in done.items() if v and v.get("status") == "finished"}
+    todo = [t for t in trials if t["name"] not in kept]
+    print(f"{len(trials)} trials: {len(kept)} already finished, {len(todo)} to run "
+          f"({'plain processes' if a.no_ray else 'Ray, ' + (a.address or 'local')})", file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="trials", unit="trial")
+
+    def on_done(r: dict) -> None:
+        bar.update(1)
+        bar.write(f"  {r['name']}: {r.get('status')}, final eval {fmt(r.get('final_eval_mean'))}"
+                  + (f" ({r['error']})" if r.get("error") else ""))
+
+    started = time.time()
+    if todo:
+        if a.no_ray:
+            new = run_in_processes(todo, a.parallel or os.cpu_count(), on_done)
+        else:
+            new = run_on_ray(todo, a.address, a.parallel, root, on_done)
+        kept.update({r["name"]: r for r in new})
+    bar.close()
+    results = [kept[t["name"]] for t in trials]  # in grid order
+
+    write_csv(results, root / "results.csv")
+    table = config_table(results) + "\n\n" + trial_table(results)
     (root / "table.md").write_text(table + "\n")
-    print(f"command: python bench.py --seeds {' '.join(map(str, a.seeds))} {' '.join(steps + a.flags)}".rstrip())
+    plot_curves(results, Path(a.plot) if a.plot else root / "curves.png")
+    print(f"{len(todo)} trainings in {time.time() - started:.0f} s; results in {root}/", file=sys.stderr)
     print(table)
     return 0
+
+
+def trial_summary(trial: dict) -> dict | None:
+    """The summary.json of a trial's run directory, if it has one (used by --resume)."""
+    f = Path(trial["run_dir"]) / "summary.json"
+    return {**trial, **json.loads(f.read_text()), "error": None} if f.exists() else None
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ PRESETS = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def make_parser() -> Parser:
     p = Parser(description="Deep Q-learning on a Gymnasium env (default MountainCar-v0).",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run = p.add_argument_group("run")
@@ -145,6 +145,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     play.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR")
     play.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF")
     play.add_argument("--episodes", type=int, default=None, help="episodes to play (default: 100 with --eval, else 3)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = make_parser()
     # First find the env alone (without acting on --help), to put its preset in place of the defaults.
     find_env = argparse.ArgumentParser(add_help=False)
     find_env.add_argument("--env", default=p.get_default("env"))
@@ -462,7 +467,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     else:
         replay = ReplayBuffer(args.buffer_size, (obs_dim,))
     st = dict(step=0, episode=0, train_seconds=0.0, compile_seconds=0.0, wall_seconds=0.0, evals=[],
-              first_solved_step=None, best_eval_step=None, best_eval_mean=None)
+              first_solved_step=None, first_solved_seconds=None, best_eval_step=None, best_eval_mean=None)
     validation_obs = None  # fixed states for the average-max-Q curve, drawn when learning starts
     best_weights = None  # the weights of the best periodic evaluation so far (--keep-best)
     if resuming:
@@ -566,7 +571,9 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             if validation_obs is not None:
                 log.scalar("eval/avg_max_q", average_max_q(weights, validation_obs, args.dueling), step)
             if env.spec.reward_threshold is not None and mean >= env.spec.reward_threshold:
-                st["first_solved_step"] = st["first_solved_step"] or step
+                if st["first_solved_step"] is None:  # time to solve: training seconds so far, evaluations included
+                    st["first_solved_step"] = step
+                    st["first_solved_seconds"] = round(st["train_seconds"] + time.perf_counter() - t_start, 1)
             if args.keep_best and (st["best_eval_mean"] is None or mean >= st["best_eval_mean"]):
                 st["best_eval_step"], st["best_eval_mean"], best_weights = step, mean, weights
         if step % args.snapshot_every == 0:
@@ -646,6 +653,7 @@ def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, las
         compile_seconds=round(st["compile_seconds"], 2),
         final_eval_mean=None, final_eval_std=None, final_eval_episodes=0,
         solved_threshold=threshold, solved=None, first_solved_step=st["first_solved_step"],
+        first_solved_seconds=st["first_solved_seconds"],
         best_eval_step=st["best_eval_step"], best_eval_mean=st["best_eval_mean"],
         last_eval_mean=None if last_returns is None else float(last_returns.mean()),
         last_eval_std=None if last_returns is None else float(last_returns.std()),

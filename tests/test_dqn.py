@@ -121,7 +121,7 @@ def test_resume_state_round_trip(tmp_path, model):
     replay, rng = random_replay(60, capacity=50)
     run.make_fit_batch(model, target)(**replay.sample(rng, (3, 8)))  # gives Adam some state
     st = dict(step=60, episode=0, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0, evals=[[50, -200.0]],
-              first_solved_step=None, best_eval_step=50, best_eval_mean=-200.0)
+              first_solved_step=None, first_solved_seconds=None, best_eval_step=50, best_eval_mean=-200.0)
     best = [w + 1 for w in run.numpy_weights(model)]
     run.save_resume_state(tmp_path, model, target, replay, rng, st, replay.obs[:5], best)
 

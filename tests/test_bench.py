@@ -1,0 +1,83 @@
+"""bench.py: grid expansion, the statistics on fixed arrays, and a small real grid on a local Ray."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import script
+
+import bench
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    # 8 values: drop the 2 lowest and the 2 highest, average 3, 4, 5, 6
+    assert bench.iqm(np.array([7.0, 1.0, 100.0, 3.0, 2.0, 5.0, 4.0, 6.0])) == pytest.approx(4.5)
+    # 5 values: a quarter of 5 rounds down to 1 from each end: drop -100 and 4, average 1, 2, 3
+    assert bench.iqm(np.array([1.0, 2.0, 3.0, 4.0, -100.0])) == pytest.approx(2.0)
+    assert bench.iqm(np.array([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 8.0, 8.0]]), axis=-1) == pytest.approx([2.5, 4.0])
+
+
+def test_bootstrap_confidence_intervals():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 10), rng.normal(0, 1, 10)  # the same distribution twice
+    for stat in (np.mean, bench.iqm):
+        lo, hi = bench.bootstrap_ci(a, stat)
+        assert lo < stat(a) < hi
+        lo_b, hi_b = bench.bootstrap_ci(b, stat)
+        assert lo < hi_b and lo_b < hi  # identical configurations: the intervals overlap
+        lo_c, _ = bench.bootstrap_ci(a + 10, stat)
+        assert lo_c > hi  # clearly different ones: they do not
+    narrow = bench.bootstrap_ci(rng.normal(0, 1, 200), np.mean)
+    assert narrow[1] - narrow[0] < (hi - lo) / 2  # more runs, a tighter interval
+    assert bench.bootstrap_ci([500.0] * 5, np.mean) == (500.0, 500.0)  # every seed the same: the point itself
+
+
+def test_grid_expands_to_run_py_flags():
+    configs = bench.grid_configs(["double=0,1", "dueling=none,avg"])
+    assert configs == [{"double": "0", "dueling": "none"}, {"double": "0", "dueling": "avg"},
+                       {"double": "1", "dueling": "none"}, {"double": "1", "dueling": "avg"}]
+    assert bench.config_flags({"double": "1", "dueling": "avg", "lr": "1e-3"}) == ["--double", "--dueling", "avg",
+                                                                                  "--lr", "1e-3"]
+    assert bench.config_flags({"double": "0", "keep-best": "0"}) == ["--no-keep-best"]
+    assert bench.grid_configs([]) == [{}] and bench.config_label({}) == "default"
+
+
+@pytest.mark.parametrize("args, message", [(["--grid", "foo=1,2"], "foo=1,2"), (["--grid", "double"], "FLAG=V1,V2"),
+                                           (["--grid", "double=maybe"], "double=0,1"), (["--seeds", "0"], "N >= 1"),
+                                           (["--resume", "nothing"], "no bench.json")])
+def test_bad_bench_input_is_one_line_exit_2(tmp_path, args, message):
+    r = script("bench.py", *args, "--name", "x", cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "bench" / "x").exists()
+
+
+def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
+    """2 configurations x 2 seeds on a real local Ray; one configuration has a bad value, so its
+    trials fail while the others finish; --resume then reruns only those."""
+    common = ["--env", "CartPole-v1", "--steps", "1500", "--", "--learning-starts", "500", "--eval-every", "500",
+              "--eval-episodes", "2", "--final-eval-episodes", "3"]
+    r = script("bench.py", "--grid", "lr=1e-3,-1", "--seeds", "2", "--name", "g", *common, cwd=tmp_path, timeout=400)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "bench" / "g"
+    rows = list(csv.DictReader(open(root / "results.csv")))
+    assert [(row["config"], row["seed"], row["status"]) for row in rows] == [
+        ("lr=1e-3", "0", "finished"), ("lr=1e-3", "1", "finished"), ("lr=-1", "0", "failed"), ("lr=-1", "1", "failed")]
+    assert all("--lr" in row["error"] for row in rows[2:])  # run.py's own one-line error
+    assert all(float(row["final_eval_mean"]) > 0 for row in rows[:2])
+    table = (root / "table.md").read_text()
+    assert "| lr=1e-3 | 2 |" in table and "| lr=-1 | 2 (2 failed) |" in table and "IQM" in table
+    import imageio.v3 as iio
+
+    assert iio.imread(root / "curves.png").ndim == 3  # a real PNG that decodes to pixels
+    # every trial is an ordinary run directory: TensorBoard logs, and a model that plays
+    run_dir = root / "runs" / "lr=1e-3_seed0"
+    assert json.loads((run_dir / "summary.json").read_text())["evals"][0][0] == 500
+    assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "final.keras").is_file()
+
+    finished = {p: p.stat().st_mtime_ns for p in root.glob("runs/lr=1e-3_seed*/summary.json")}
+    r = script("bench.py", "--resume", "g", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "4 trials: 2 already finished, 2 to run" in r.stderr
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not trained again
+    assert len(list(csv.DictReader(open(root / "results.csv")))) == 4
