@@ -8,6 +8,7 @@ Compare:     python bench.py --grid double=0,1 dueling=none,avg --seeds 5 --env 
     (one row per trial), table.md (per configuration: IQM and mean of the final evaluation
     with 95% bootstrap confidence intervals, solved count, time and steps to solve, steps/s)
     and curves.png (evaluation return against env steps, one line and band per configuration).
+A list:      python bench.py --configs default double=1 "double=1 n-step=3" --seeds 5
 One config:  python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
 Resume:      python bench.py --resume NAME    reruns only the trials that did not finish
 Throughput:  python bench.py --throughput --steps 20000
@@ -48,17 +49,32 @@ ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3"
 # ------------------------------------------------------------------ the trials to run
 
 
+def setting(spec: str, option: str) -> tuple[str, list[str]]:
+    """"lr=1e-3,3e-4" -> ("lr", ["1e-3", "3e-4"]), checking that run.py has the flag --lr."""
+    key, _, values = spec.partition("=")
+    if not values or f"--{key}" not in run.make_parser()._option_string_actions:
+        run.fail(f"{option} {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
+                 "e.g. double=0,1 or lr=1e-3,3e-4")
+    return key, values.split(",")
+
+
 def grid_configs(specs: list[str]) -> list[dict[str, str]]:
-    """["double=0,1", "dueling=none,avg"] -> every combination, as {flag: value} dicts."""
-    options = run.make_parser()._option_string_actions
-    axes = []
-    for spec in specs:
-        key, _, values = spec.partition("=")
-        if not values or f"--{key}" not in options:
-            run.fail(f"--grid {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
-                     "e.g. double=0,1 or lr=1e-3,3e-4")
-        axes.append([(key, v) for v in values.split(",")])
+    """--grid: ["double=0,1", "dueling=none,avg"] -> every combination, as {flag: value} dicts."""
+    axes = [[(key, v) for v in values] for key, values in (setting(spec, "--grid") for spec in specs)]
     return [dict(combo) for combo in itertools.product(*axes)]
+
+
+def listed_configs(specs: list[str]) -> list[dict[str, str]]:
+    """--configs: ["default", "double=1", "double=1 n-step=3"] -> one configuration each."""
+    configs = []
+    for spec in specs:
+        pairs = [] if spec == "default" else [setting(part, "--configs") for part in spec.split()]
+        if any(len(values) > 1 for _, values in pairs):
+            run.fail(f"--configs {spec!r}: one value per flag here; --grid takes several")
+        configs.append({key: values[0] for key, values in pairs})
+    if len({config_label(c) for c in configs}) < len(configs):
+        run.fail("--configs lists a configuration twice; give each once")
+    return configs
 
 
 def config_flags(config: dict[str, str]) -> list[str]:
@@ -369,6 +385,8 @@ def parse_args() -> argparse.Namespace:
     p = run.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2",
                    help="run.py flags to vary (without their dashes); every combination is one configuration")
+    p.add_argument("--configs", nargs="+", default=None, metavar="'FLAG=V ...'",
+                   help="instead of a grid, these configurations (each one a quoted list of FLAG=VALUE, or default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds per configuration: one number N means seeds 0..N-1, several mean exactly those")
     p.add_argument("--env", default=None, help="run.py --env for every trial (default: run.py's)")
@@ -388,6 +406,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
     p.add_argument("flags", nargs="*", help="extra run.py flags for every trial, after --")
     a = p.parse_args()
+    if a.grid and a.configs:
+        run.fail("use --grid (every combination) or --configs (a list), not both")
     if a.parallel is not None and a.parallel < 1:
         run.fail(f"--parallel must be at least 1, got {a.parallel}")
     if len(a.seeds) == 1:
@@ -414,7 +434,8 @@ def main() -> int:
     else:
         if root.exists():
             run.fail(f"{root} already exists; choose another --name, or --resume {name}")
-        trials = make_trials(grid_configs(a.grid), a.seeds, common, root)
+        configs = listed_configs(a.configs) if a.configs else grid_configs(a.grid)
+        trials = make_trials(configs, a.seeds, common, root)
         root.mkdir(parents=True)
         spec_file.write_text(json.dumps(dict(command=sys.argv, trials=trials), indent=1))
 

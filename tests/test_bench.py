@@ -41,11 +41,15 @@ def test_grid_expands_to_run_py_flags():
                                                                                   "--lr", "1e-3"]
     assert bench.config_flags({"double": "0", "keep-best": "0"}) == ["--no-keep-best"]
     assert bench.grid_configs([]) == [{}] and bench.config_label({}) == "default"
+    assert bench.listed_configs(["default", "double=1", "double=1 n-step=3"]) == [
+        {}, {"double": "1"}, {"double": "1", "n-step": "3"}]
 
 
 @pytest.mark.parametrize("args, message", [(["--grid", "foo=1,2"], "foo=1,2"), (["--grid", "double"], "FLAG=V1,V2"),
                                            (["--grid", "double=maybe"], "double=0,1"), (["--seeds", "0"], "N >= 1"),
-                                           (["--resume", "nothing"], "no bench.json")])
+                                           (["--resume", "nothing"], "no bench.json"),
+                                           (["--configs", "double=1", "double=1"], "twice"),
+                                           (["--grid", "double=0,1", "--configs", "default"], "not both")])
 def test_bad_bench_input_is_one_line_exit_2(tmp_path, args, message):
     r = script("bench.py", *args, "--name", "x", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
