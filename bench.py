@@ -251,23 +251,26 @@ def by_config(results: list[dict]) -> dict[str, list[dict]]:
 def config_table(results: list[dict]) -> str:
     """One row per configuration, over its seeds; a trial that did not finish counts as failed."""
     rows = ["| configuration | trials | IQM of final return [95% CI] | mean [95% CI] | solved | "
-            "median seconds to solve | median steps to solve | steps/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "last weights solved | median seconds to solve | median steps to solve | steps/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, rs in by_config(results).items():
         ok = [r for r in rs if r.get("status") == "finished" and r.get("final_eval_mean") is not None]
         trials = f"{len(rs)}" + (f" ({len(rs) - len(ok)} failed)" if len(ok) < len(rs) else "")
         if not ok:
-            rows.append(f"| {config} | {trials} | - | - | 0/{len(rs)} | - | - | - |")
+            rows.append(f"| {config} | {trials} | - | - | 0/{len(rs)} | 0/{len(rs)} | - | - | - |")
             continue
         final = [r["final_eval_mean"] for r in ok]
         lo, hi = bootstrap_ci(final, iqm)
         mlo, mhi = bootstrap_ci(final, np.mean)
         solved = [r for r in ok if r.get("solved")]
+        threshold = ok[0].get("solved_threshold")
+        last_solved = "-" if threshold is None else \
+            f"{sum(r.get('last_eval_mean') is not None and r['last_eval_mean'] >= threshold for r in ok)}/{len(rs)}"
         reached = [r for r in ok if r.get("first_solved_step") is not None]
         to_solve = {key: statistics.median(r[key] for r in reached) if reached else None
                     for key in ("first_solved_seconds", "first_solved_step")}
         rows.append(f"| {config} | {trials} | {iqm(final):.1f} [{lo:.1f}, {hi:.1f}] | "
-                    f"{np.mean(final):.1f} [{mlo:.1f}, {mhi:.1f}] | {len(solved)}/{len(rs)} | "
+                    f"{np.mean(final):.1f} [{mlo:.1f}, {mhi:.1f}] | {len(solved)}/{len(rs)} | {last_solved} | "
                     f"{fmt(to_solve['first_solved_seconds'], '.0f')} | {fmt(to_solve['first_solved_step'], '.0f')} | "
                     f"{statistics.median(r['steps_per_second'] for r in ok):.0f} |")
     return "\n".join(rows)
@@ -297,8 +300,9 @@ def plot_curves(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
     groups = by_config(results)
+    many = len(groups) > 4  # then the legend goes beside the plot, not over the curves
+    fig, ax = plt.subplots(figsize=(11, 4.5) if many else (7, 4))
     for i, (config, rs) in enumerate(groups.items()):
         color = f"C{i}"
         points: dict[int, list[float]] = {}
@@ -318,7 +322,10 @@ def plot_curves(results: list[dict], path: Path) -> None:
         ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"solved ({threshold})")
     env = next((r["env"] for r in results if r.get("env")), "")
     ax.set(xlabel="environment steps", ylabel="greedy evaluation return", title=f"DQN on {env}")
-    ax.legend(loc="lower right", fontsize=8)
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
