@@ -72,8 +72,6 @@ def listed_configs(specs: list[str]) -> list[dict[str, str]]:
         if any(len(values) > 1 for _, values in pairs):
             run.fail(f"--configs {spec!r}: one value per flag here; --grid takes several")
         configs.append({key: values[0] for key, values in pairs})
-    if len({config_label(c) for c in configs}) < len(configs):
-        run.fail("--configs lists a configuration twice; give each once")
     return configs
 
 
@@ -99,6 +97,9 @@ def config_label(config: dict[str, str]) -> str:
 
 def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[str], root: Path) -> list[dict]:
     """One trial per configuration and seed: its label, flags, and own run directory."""
+    labels = [config_label(c) for c in configs]
+    if len(set(labels)) < len(labels) or len(set(seeds)) < len(seeds):
+        run.fail("a configuration or a seed is given twice; give each once (a repeat would share a run directory)")
     trials = []
     for config, seed in itertools.product(configs, seeds):
         label = config_label(config)
@@ -359,30 +360,34 @@ def throughput(root: Path, flags: list[str], repeats: int) -> None:
         print(f"{name}: {', '.join(f'{v:.0f}' for v in x)} steps/s, median {med[name]:.0f} "
               f"({med[name] / base:.2f}x the batched plain DQN)")
     print(f"batched, including the one-time XLA compile: {statistics.median(with_compile):.0f} steps/s")
-    sample_us, update_us = time_prioritized_sampling()
-    print(f"prioritized replay, 100,000 items: sampling a batch of 64 takes {sample_us:.0f} us, updating its "
-          f"priorities {update_us:.0f} us; one batched gradient update (with its env step) takes "
-          f"{1e6 / base:.0f} us")
+    print(f"one batched gradient update (with its env step) takes {1e6 / base:.0f} us; prioritized replay of "
+          "100,000 items, per minibatch of 64:")
+    for shape, how in [(64, "one at a time"), ((16, 64), "16 at once, as run.py does")]:
+        sample_us, update_us = time_prioritized_sampling(shape)
+        print(f"  {how}: sampling {sample_us:.0f} us, updating priorities {update_us:.0f} us")
     print(f"steps_per_second: {base:.0f}")
 
 
-def time_prioritized_sampling(items: int = 100_000, batch: int = 64, calls: int = 2000) -> tuple[float, float]:
-    """Median microseconds to sample one batch from a full prioritized replay, and to update its priorities."""
+def time_prioritized_sampling(shape: int | tuple[int, int], items: int = 100_000,
+                              calls: int = 1000) -> tuple[float, float]:
+    """Median microseconds per minibatch to sample `shape` (64, or (16, 64) as the training loop
+    does) from a full prioritized replay, and to update those priorities."""
     from replay_buffer import PrioritizedReplayBuffer
 
     rng = np.random.default_rng(0)
     replay = PrioritizedReplayBuffer(items, (8,))  # LunarLander-sized observations
     replay.size = items  # the contents do not matter for timing, only the priorities
     replay.update_priorities(np.arange(items), rng.exponential(size=items))
+    minibatches = 1 if isinstance(shape, int) else shape[0]
     sample, update = [], []
     for _ in range(calls):
         t0 = time.perf_counter()
-        b = replay.sample(rng, batch, beta=0.5)
+        b = replay.sample(rng, shape, beta=0.5)
         t1 = time.perf_counter()
-        replay.update_priorities(b["index"], rng.exponential(size=batch))
+        replay.update_priorities(b["index"], rng.exponential(size=b["index"].shape))
         sample.append(t1 - t0)
         update.append(time.perf_counter() - t1)
-    return statistics.median(sample) * 1e6, statistics.median(update) * 1e6
+    return statistics.median(sample) * 1e6 / minibatches, statistics.median(update) * 1e6 / minibatches
 
 
 # ---------------------------------------------------------------------------- main

@@ -49,6 +49,7 @@ def test_grid_expands_to_run_py_flags():
                                            (["--grid", "double=maybe"], "double=0,1"), (["--seeds", "0"], "N >= 1"),
                                            (["--resume", "nothing"], "no bench.json"),
                                            (["--configs", "double=1", "double=1"], "twice"),
+                                           (["--grid", "double=1,1"], "twice"),
                                            (["--grid", "double=0,1", "--configs", "default"], "not both")])
 def test_bad_bench_input_is_one_line_exit_2(tmp_path, args, message):
     r = script("bench.py", *args, "--name", "x", cwd=tmp_path)
