@@ -194,8 +194,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_snapshot(tmp_path):
 
 
 def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
-    cmd = [sys.executable, str(ROOT / "run.py"), "--steps", "40000", "--learning-starts", "500",
-           "--snapshot-every", "2000", "--eval-every", "10000", "--eval-episodes", "2", "--final-eval-episodes", "2",
+    cmd = [sys.executable, str(ROOT / "run.py"), "--steps", "16000", "--learning-starts", "500",
+           "--snapshot-every", "2000", "--eval-every", "4000", "--eval-episodes", "2", "--final-eval-episodes", "2",
            "--name", "int"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "int"
@@ -206,15 +206,15 @@ def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "--resume" in err, err
     s = summary(run_dir)
-    assert s["status"] == "interrupted" and 2000 <= s["steps"] < 40000
+    assert s["status"] == "interrupted" and 2000 <= s["steps"] < 16000
     assert (run_dir / f"step_{s['steps']}.keras").is_file()
     assert json.loads((run_dir / "resume" / "state.json").read_text())["step"] == s["steps"]
 
     r = script("run.py", "--resume", run_dir, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     s2 = summary(run_dir)
-    assert s2["status"] == "finished" and s2["steps"] == 40000 and (run_dir / "final.keras").is_file()
-    assert s2["episodes"] > s["episodes"] and [e[0] for e in s2["evals"]] == [10000, 20000, 30000, 40000]
+    assert s2["status"] == "finished" and s2["steps"] == 16000 and (run_dir / "final.keras").is_file()
+    assert s2["episodes"] > s["episodes"] and [e[0] for e in s2["evals"]] == [4000, 8000, 12000, 16000]
     assert s2["train_seconds"] > s["train_seconds"]
 
 
@@ -226,10 +226,10 @@ ALL_ON = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--t
                                      ["--n-step", "3"], ["--loss", "huber"], ["--dueling", "avg"], ["--dueling", "max"],
                                      ["--prioritized"], ALL_ON])
 def test_variants_train_save_and_load(tmp_path, variant):
-    r = script("run.py", "--env", "CartPole-v1", "--steps", "3000", "--learning-starts", "500", "--eval-every", "1000",
+    r = script("run.py", "--env", "CartPole-v1", "--steps", "2000", "--learning-starts", "500", "--eval-every", "1000",
                "--eval-episodes", "2", "--final-eval-episodes", "3", "--name", "v", *variant, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert summary(tmp_path / "runs" / "v")["steps"] == 3000
+    assert summary(tmp_path / "runs" / "v")["steps"] == 2000
     r = script("run.py", "--env", "CartPole-v1", "--model", tmp_path / "runs" / "v" / "final.keras", "--eval",
                "--episodes", "3", cwd=tmp_path)
     assert r.returncode == 0 and "CartPole-v1: mean return" in r.stdout, r.stderr
