@@ -131,13 +131,13 @@ def test_prioritized_sampling_follows_priorities_and_weights_undo_it():
 def test_new_transitions_get_the_largest_priority_so_far():
     buf = PrioritizedReplayBuffer(8, (1,), alpha=1.0, eps=0.0)
     buf.add([0], 0, 0.0, [0], False, 0.99)
-    assert buf.tree.get(0) == 1.0  # the first one gets 1
+    assert buf.priority(0) == 1.0  # the first one gets 1
     buf.update_priorities(np.array([0]), np.array([5.0]))
     buf.add([1], 0, 0.0, [1], False, 0.99)
-    assert buf.tree.get(1) == 5.0 and buf.tree.total() == 10.0
+    assert buf.priority(1) == 5.0 and buf.tree.total() == 10.0
     buf.update_priorities(np.array([0, 1]), np.array([0.5, 0.5]))
     buf.add([2], 0, 0.0, [2], False, 0.99)
-    assert buf.tree.get(2) == 5.0  # the maximum ever seen, not the current one
+    assert buf.priority(2) == 5.0  # the maximum ever seen, not the current one
 
 
 def test_prioritized_save_and_load_keeps_priorities(tmp_path):
