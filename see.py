@@ -7,11 +7,14 @@
 Pushing left or right at random never builds enough momentum to reach the flag within the
 200-step limit, so every episode returns -200: the reward DQN has to learn from is the same
 -1 on every step until it first gets there by systematic exploration.
+
+No TensorFlow is loaded: a random agent needs none, and it starts in about a second.
 """
 
 import sys
 
-from run import Parser, fail, play_env, show_episodes
+from envs import play_env, show_episodes
+from settings import Parser, fail
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,125 @@
+"""Environments: creating one that DQN can learn, and playing episodes in a window, to mp4s or
+to a GIF. No TensorFlow here: see.py's random agent uses this file alone.
+"""
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from atomic import write_atomically
+from settings import fail
+from viewer import Window, WindowClosed, WindowError
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """Create an env, with a one-line error (exit 2) for ids or spaces DQN cannot handle."""
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as e:
+        fail(f"env {env_id!r} needs an extra package: {e}")
+    except gym.error.Error as e:
+        fail(f"unknown env {env_id!r} ({e}); try MountainCar-v0, CartPole-v1 or Acrobot-v1")
+    if not isinstance(env.action_space, gym.spaces.Discrete):
+        fail(f"env {env_id!r} has {type(env.action_space).__name__} actions; DQN needs Discrete actions")
+    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
+        fail(f"env {env_id!r} needs a flat Box observation for this Q-network, "
+             f"it has {env.observation_space}")
+    space = env.observation_space
+    if np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+        # Scale bounded observations to [-1, 1]: MountainCar's velocity spans +-0.07 and its
+        # position [-1.2, 0.6]; unscaled, the network can hardly tell velocities apart.
+        env = gym.wrappers.RescaleObservation(env, -np.ones_like(space.low), np.ones_like(space.high))
+    return env
+
+
+def run_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None = None) -> Iterator[float]:
+    """Play whole episodes with `policy(obs) -> action`; yield each episode's return."""
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed if i == 0 else None)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy(obs))
+            total += float(reward)
+            done = terminated or truncated
+        yield total
+
+
+# ----------------------------------------------------------------------------- watching
+
+
+class ShowInWindow(gym.Wrapper):
+    """Draws every frame in a viewer.Window (another process), like render_mode="human" does
+    in this one; the env underneath renders rgb_array frames."""
+
+    def __init__(self, env: gym.Env, window_environment: dict[str, str]):
+        super().__init__(env)
+        self.window = Window(env.spec.id, env.metadata.get("render_fps", 30), window_environment)
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        self.window.show(self.env.render())
+        return out
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.window.show(self.env.render())
+        return out
+
+    def close(self) -> None:
+        self.window.close()
+        super().close()
+
+
+def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str | None = None) -> gym.Env:
+    """An env to watch: shown in a window, recorded as mp4s and/or collecting GIF frames."""
+    headless = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"))
+    if view and sys.platform.startswith("linux") and headless:
+        fail("no display to open a window on; use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
+    # This process only renders arrays, but gymnasium's renderers call pygame.init(), which would
+    # connect to the display here as well; the window process gets the environment as it was.
+    window_environment = dict(os.environ)
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    env = make_env(env_id, "rgb_array" if view or video or gif else None)
+    if view:
+        env = ShowInWindow(env, window_environment)
+    if video:
+        env = gym.wrappers.RecordVideo(env, video, episode_trigger=lambda _: True, disable_logger=True)
+    if gif:
+        env = gym.wrappers.RenderCollection(env)  # env.render() returns the frames since the last call
+    return env
+
+
+def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None, gif: str | None = None,
+                  quiet: bool = False) -> np.ndarray:
+    """Play episodes, print each return, write the first one to `gif`; return the returns.
+    Closing the window ends the playing early."""
+    returns = []
+    try:
+        for i, ret in enumerate(tqdm(run_episodes(env, policy, episodes, seed), total=episodes,
+                                     desc="episodes", leave=False, disable=not quiet)):
+            returns.append(ret)
+            if not quiet:
+                print(f"episode {i + 1}: return {ret:.1f}", flush=True)
+            if i == 0 and gif:
+                save_gif(env.render(), gif)
+    except WindowError as e:
+        fail(f"cannot open a window ({e}); use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
+    except WindowClosed:
+        print(f"window closed after {len(returns)} complete episode(s)", flush=True)
+    env.close()
+    return np.array(returns)
+
+
+def save_gif(frames: list[np.ndarray], path: str, every: int = 2) -> None:
+    """Every 2nd frame at half size keeps a 200-step episode's GIF under 100 KB."""
+    import imageio.v3 as iio
+
+    small = [f[::2, ::2] for f in frames[::every]]
+    fps = 30 / every
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: iio.imwrite(tmp, small, duration=1000 / fps, loop=0))

@@ -1,0 +1,171 @@
+"""run.py's settings: every flag with its help text, the tuned presets per env, and the checks
+that turn bad values into one-line errors. No TensorFlow here, so that see.py and bench.py
+(and a typo on run.py's command line) never wait for it to load.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every bad input
+        fail(f"{message} (see python {self.prog} --help)")
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr saying what is wrong and what to do, exit code 2."""
+    one_line = " ".join(message.split())  # an exception's text quoted in `message` may span lines
+    print(f"{Path(sys.argv[0]).name}: error: {one_line}", file=sys.stderr)
+    sys.exit(2)
+
+
+# Tuned settings per env, on top of the defaults below (which are MountainCar-v0's); a flag
+# given on the command line still wins. Measured with bench.py over 5 seeds (README).
+PRESETS = {
+    "MountainCar-v0": {},
+    "CartPole-v1": dict(steps=50_000),
+    "Acrobot-v1": dict(steps=100_000),
+    # Episodes last up to 1,000 steps: evaluate less often, with fewer episodes.
+    "LunarLander-v3": dict(steps=300_000, eval_every=10_000, eval_episodes=20),
+}
+
+
+def make_parser() -> Parser:
+    p = Parser(description="Deep Q-learning on a Gymnasium env (default MountainCar-v0).",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = p.add_argument_group("run")
+    run.add_argument("--env", default="MountainCar-v0",
+                     help=f"Gymnasium env id with a Box observation and Discrete actions; {', '.join(PRESETS)} "
+                          "bring their own tuned defaults (see them with --env ID --help)")
+    run.add_argument("--steps", type=int, default=120_000, help="environment steps to train for")
+    run.add_argument("--seed", type=int, default=0, help="seeds the env, the network and the replay sampling")
+    run.add_argument("--name", default=None, help="run name (default: a timestamp); output goes to LOGDIR/NAME")
+    run.add_argument("--logdir", default="runs", help="root folder for runs")
+    run.add_argument("--resume", metavar="RUN_DIR", default=None,
+                     help="continue an interrupted run from its last snapshot, with its saved settings")
+    run.add_argument("--threads", type=int, default=1,
+                     help="TensorFlow threads; the network is tiny, so more threads mostly add overhead")
+
+    net = p.add_argument_group("Q-network and optimiser")
+    net.add_argument("--units", type=int, default=128, help="width of each of the two hidden ReLU layers")
+    net.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (at the start)")
+    net.add_argument("--lr-end", type=float, default=2e-4,
+                     help="anneal the learning rate linearly to this by the last step (= --lr: constant)")
+    net.add_argument("--clip-norm", type=float, default=10.0, help="clip the global gradient norm to this")
+    net.add_argument("--loss", choices=["mse", "huber"], default="mse",
+                     help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
+
+    dqn = p.add_argument_group("DQN")
+    dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
+    dqn.add_argument("--buffer-size", type=int, default=50_000, help="replay capacity in transitions")
+    dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
+    dqn.add_argument("--learning-starts", type=int, default=1_000,
+                     help="env steps of pure exploration before the first update")
+    dqn.add_argument("--train-freq", type=int, default=16, help="env steps between training calls")
+    dqn.add_argument("--gradient-steps", type=int, default=16,
+                     help="gradient steps per training call (one compiled call does all of them)")
+    dqn.add_argument("--target-update", type=int, default=100,
+                     help="env steps between hard copies of the online weights into the target network")
+    dqn.add_argument("--tau", type=float, default=None,
+                     help="instead of hard copies, move the target toward the online weights by this fraction "
+                          "after every gradient step (Polyak averaging, Lillicrap et al. 2016; e.g. 0.005)")
+    dqn.add_argument("--n-step", type=int, default=1,
+                     help="learn from n-step returns r_t + g r_t+1 + ... + g^n max Q(s_t+n): rewards travel "
+                          "back n steps per update instead of one (Sutton 1988; part of Rainbow)")
+    dqn.add_argument("--double", action="store_true",
+                     help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
+                          "the target network evaluates it, which curbs the overestimation of max")
+    dqn.add_argument("--prioritized", action="store_true",
+                     help="prioritized replay (Schaul et al. 2016): sample transitions in proportion to "
+                          "(|TD error| + eps)^alpha, and correct the bias with importance weights")
+    dqn.add_argument("--per-alpha", type=float, default=0.6,
+                     help="--prioritized: how much priorities count (0: uniform sampling)")
+    dqn.add_argument("--per-beta", type=float, default=0.4,
+                     help="--prioritized: importance-weight exponent at the start, annealed to 1 by the last step")
+    dqn.add_argument("--per-eps", type=float, default=1e-5,
+                     help="--prioritized: added to |TD error| so that no transition's priority is 0")
+    dqn.add_argument("--dueling", choices=["none", "avg", "max"], default="none",
+                     help="Dueling network (Wang et al. 2016): separate value and advantage heads, "
+                          "Q = V + A - mean(A) (avg) or - max(A) (max)")
+    dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
+    dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
+    dqn.add_argument("--epsilon-steps", type=int, default=20_000,
+                     help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
+    dqn.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
+                     help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
+    dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
+                     help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
+
+    ev = p.add_argument_group("evaluation, logging and snapshots")
+    ev.add_argument("--eval-every", type=int, default=5_000, help="env steps between evaluations (0: never)")
+    ev.add_argument("--eval-episodes", type=int, default=50,
+                    help="greedy episodes per periodic evaluation (--keep-best picks by it: fewer is noisier)")
+    ev.add_argument("--final-eval-episodes", type=int, default=100,
+                    help="greedy episodes of the final evaluation (100 is the customary 'solved' test)")
+    ev.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
+                    help="final.keras gets the weights that scored best in the periodic evaluations (the last "
+                         "weights go to last.keras): DQN's greedy policy keeps changing while it trains")
+    ev.add_argument("--snapshot-every", type=int, default=50_000, help="env steps between .keras snapshots")
+    ev.add_argument("--log-every", type=int, default=2_000, help="env steps between log lines")
+
+    play = p.add_argument_group("playing a saved model")
+    play.add_argument("--model", default=None, help="a snapshot (.keras or .h5) to play instead of training")
+    play.add_argument("--view", action="store_true", help="show the episodes in a window")
+    play.add_argument("--eval", action="store_true", help="greedy evaluation; prints mean ± std and 'solved'")
+    play.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR")
+    play.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF")
+    play.add_argument("--episodes", type=int, default=None, help="episodes to play (default: 100 with --eval, else 3)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = make_parser()
+    # First find the env alone (without acting on --help), to put its preset in place of the defaults.
+    find_env = argparse.ArgumentParser(add_help=False)
+    find_env.add_argument("--env", default=p.get_default("env"))
+    p.set_defaults(**PRESETS.get(find_env.parse_known_args(argv)[0].env, {}))
+    args = p.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Reject nonsense values before anything is created or written."""
+    positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps", "n_step",
+                "target_update", "eval_episodes", "snapshot_every", "log_every", "threads"]
+    for name in positive:
+        if getattr(a, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    if not 0 <= a.seed < 2**31:  # numpy and Keras take 32-bit seeds; evaluation uses seed + 10,000
+        fail(f"--seed must be in [0, 2**31), got {a.seed}")
+    for name in ["learning_starts", "epsilon_steps", "eval_every", "final_eval_episodes"]:
+        if getattr(a, name) < 0:
+            fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(a, name)}")
+    for name in ["epsilon_start", "epsilon_end", "gamma", "per_alpha", "per_beta"]:
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(a, name)}")
+    if not (a.lr > 0 and a.clip_norm > 0 and a.per_eps > 0):
+        fail("--lr, --clip-norm and --per-eps must be positive")
+    if not a.lr_end >= 0:
+        fail(f"--lr-end must be 0 or more, got {a.lr_end}")
+    if a.tau is not None and not 0 < a.tau <= 1:
+        fail(f"--tau must be in (0, 1], got {a.tau}")
+    if not 0 < a.epsilon_decay <= 1:
+        fail(f"--epsilon-decay must be in (0, 1], got {a.epsilon_decay}")
+    if a.batch_size > a.buffer_size:
+        fail(f"--batch-size {a.batch_size} is larger than --buffer-size {a.buffer_size}; "
+             "lower the batch or raise the buffer")
+    if a.episodes is not None and a.episodes < 1:
+        fail(f"--episodes must be at least 1, got {a.episodes}")
+    playing = a.view or a.eval or a.video or a.gif
+    if playing and not a.model:
+        fail("--view, --eval, --video and --gif play a saved model: add --model PATH")
+    if a.model and not playing:
+        fail("--model needs something to do: add --view, --eval, --video DIR or --gif FILE")
+    if a.view and (a.video or a.gif):
+        fail("--view renders to a window, --video/--gif to files: use one or the other")
+    if a.model and a.resume:
+        fail("--model plays a snapshot and --resume continues training: use one of them")
+
+
