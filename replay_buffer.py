@@ -9,7 +9,6 @@ Also here: prioritized replay on a sum-tree (--prioritized) and n-step returns (
 """
 
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
@@ -52,23 +51,15 @@ class ReplayBuffer:
         idx = rng.integers(0, self.size, size=shape)
         return {name: getattr(self, name)[idx] for name in FIELDS}
 
-    def save(self, path: str | Path) -> None:
-        """Write the contents and the write position to one .npz file (used by --resume)."""
-        np.savez(path, **self.arrays())
-
-    def load(self, path: str | Path) -> None:
-        """Restore what `save` wrote into this (already allocated) buffer."""
-        with np.load(path) as data:
-            if int(data["capacity"]) != self.capacity:
-                raise ValueError(f"saved replay has capacity {int(data['capacity'])}, "
-                                 f"this run uses {self.capacity}")
-            self.restore(data)
-
     def arrays(self) -> dict[str, np.ndarray]:
+        """The contents and the write position, for a checkpoint (run.py's save_checkpoint)."""
         n = self.size
         return dict(next=self.next, capacity=self.capacity, **{name: getattr(self, name)[:n] for name in FIELDS})
 
     def restore(self, data) -> None:
+        """Put back what `arrays` returned into this (already allocated) buffer."""
+        if int(data["capacity"]) != self.capacity:
+            raise ValueError(f"the saved replay has capacity {int(data['capacity'])}, this run uses {self.capacity}")
         n = len(data["action"])
         for name in FIELDS:
             getattr(self, name)[:n] = data[name]

@@ -14,215 +14,33 @@ training loop, and playing a saved model.
 import argparse
 import functools
 import json
-import os
 import resource
 import signal
 import sys
 import time
 from pathlib import Path
 
-STARTED = time.time()  # wall-clock start, before the slow TensorFlow import
+from startup import load_tensorflow
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # silence TensorFlow's C++ start-up noise
+STARTED = time.time()  # wall-clock start, before the slow TensorFlow import
 if __name__ == "__main__":
     # Keras imports pandas whenever it is installed (Ray Tune, used by bench.py, brings it) only
     # to accept DataFrames, which we never pass. Marking it absent saves ~120 MB per training.
     sys.modules.setdefault("pandas", None)
+tf = load_tensorflow()  # before Keras, which loads it too: the project's oneDNN default, no noise
 
 import gymnasium as gym
 import keras
 import numpy as np
 import psutil
-import tensorflow as tf
+from keras.src.saving import saving_lib
 from tqdm import tqdm
 
+from atomic import remove_leftovers, write_atomically, write_text_atomically
+from envs import make_env, play_env, run_episodes, show_episodes
 from loggers import TensorBoardLogger
 from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer
-
-# ---------------------------------------------------------------------------- settings
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for every bad input
-        fail(f"{message} (see python {self.prog} --help)")
-
-
-def fail(message: str) -> None:
-    """Bad input: one line on stderr saying what is wrong and what to do, exit code 2."""
-    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-# Tuned settings per env, on top of the defaults below (which are MountainCar-v0's); a flag
-# given on the command line still wins. Measured with bench.py over 5 seeds (README).
-PRESETS = {
-    "MountainCar-v0": {},
-    "CartPole-v1": dict(steps=50_000),
-    "Acrobot-v1": dict(steps=100_000),
-    # Episodes last up to 1,000 steps: evaluate less often, with fewer episodes.
-    "LunarLander-v3": dict(steps=300_000, eval_every=10_000, eval_episodes=20),
-}
-
-
-def make_parser() -> Parser:
-    p = Parser(description="Deep Q-learning on a Gymnasium env (default MountainCar-v0).",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run = p.add_argument_group("run")
-    run.add_argument("--env", default="MountainCar-v0",
-                     help=f"Gymnasium env id with a Box observation and Discrete actions; {', '.join(PRESETS)} "
-                          "bring their own tuned defaults (see them with --env ID --help)")
-    run.add_argument("--steps", type=int, default=120_000, help="environment steps to train for")
-    run.add_argument("--seed", type=int, default=0, help="seeds the env, the network and the replay sampling")
-    run.add_argument("--name", default=None, help="run name (default: a timestamp); output goes to LOGDIR/NAME")
-    run.add_argument("--logdir", default="runs", help="root folder for runs")
-    run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue an interrupted run from its last snapshot, with its saved settings")
-    run.add_argument("--threads", type=int, default=1,
-                     help="TensorFlow threads; the network is tiny, so more threads mostly add overhead")
-
-    net = p.add_argument_group("Q-network and optimiser")
-    net.add_argument("--units", type=int, default=128, help="width of each of the two hidden ReLU layers")
-    net.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (at the start)")
-    net.add_argument("--lr-end", type=float, default=2e-4,
-                     help="anneal the learning rate linearly to this by the last step (= --lr: constant)")
-    net.add_argument("--clip-norm", type=float, default=10.0, help="clip the global gradient norm to this")
-    net.add_argument("--loss", choices=["mse", "huber"], default="mse",
-                     help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
-
-    dqn = p.add_argument_group("DQN")
-    dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
-    dqn.add_argument("--buffer-size", type=int, default=50_000, help="replay capacity in transitions")
-    dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
-    dqn.add_argument("--learning-starts", type=int, default=1_000,
-                     help="env steps of pure exploration before the first update")
-    dqn.add_argument("--train-freq", type=int, default=16, help="env steps between training calls")
-    dqn.add_argument("--gradient-steps", type=int, default=16,
-                     help="gradient steps per training call (one compiled call does all of them)")
-    dqn.add_argument("--target-update", type=int, default=100,
-                     help="env steps between hard copies of the online weights into the target network")
-    dqn.add_argument("--tau", type=float, default=None,
-                     help="instead of hard copies, move the target toward the online weights by this fraction "
-                          "after every gradient step (Polyak averaging, Lillicrap et al. 2016; e.g. 0.005)")
-    dqn.add_argument("--n-step", type=int, default=1,
-                     help="learn from n-step returns r_t + g r_t+1 + ... + g^n max Q(s_t+n): rewards travel "
-                          "back n steps per update instead of one (Sutton 1988; part of Rainbow)")
-    dqn.add_argument("--double", action="store_true",
-                     help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
-                          "the target network evaluates it, which curbs the overestimation of max")
-    dqn.add_argument("--prioritized", action="store_true",
-                     help="prioritized replay (Schaul et al. 2016): sample transitions in proportion to "
-                          "(|TD error| + eps)^alpha, and correct the bias with importance weights")
-    dqn.add_argument("--per-alpha", type=float, default=0.6,
-                     help="--prioritized: how much priorities count (0: uniform sampling)")
-    dqn.add_argument("--per-beta", type=float, default=0.4,
-                     help="--prioritized: importance-weight exponent at the start, annealed to 1 by the last step")
-    dqn.add_argument("--per-eps", type=float, default=1e-5,
-                     help="--prioritized: added to |TD error| so that no transition's priority is 0")
-    dqn.add_argument("--dueling", choices=["none", "avg", "max"], default="none",
-                     help="Dueling network (Wang et al. 2016): separate value and advantage heads, "
-                          "Q = V + A - mean(A) (avg) or - max(A) (max)")
-    dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
-    dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
-    dqn.add_argument("--epsilon-steps", type=int, default=20_000,
-                     help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
-    dqn.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
-                     help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
-    dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
-                     help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
-
-    ev = p.add_argument_group("evaluation, logging and snapshots")
-    ev.add_argument("--eval-every", type=int, default=5_000, help="env steps between evaluations (0: never)")
-    ev.add_argument("--eval-episodes", type=int, default=50,
-                    help="greedy episodes per periodic evaluation (--keep-best picks by it: fewer is noisier)")
-    ev.add_argument("--final-eval-episodes", type=int, default=100,
-                    help="greedy episodes of the final evaluation (100 is the customary 'solved' test)")
-    ev.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
-                    help="final.keras gets the weights that scored best in the periodic evaluations (the last "
-                         "weights go to last.keras): DQN's greedy policy keeps changing while it trains")
-    ev.add_argument("--snapshot-every", type=int, default=50_000, help="env steps between .keras snapshots")
-    ev.add_argument("--log-every", type=int, default=2_000, help="env steps between log lines")
-
-    play = p.add_argument_group("playing a saved model")
-    play.add_argument("--model", default=None, help="a snapshot (.keras or .h5) to play instead of training")
-    play.add_argument("--view", action="store_true", help="show the episodes in a window")
-    play.add_argument("--eval", action="store_true", help="greedy evaluation; prints mean ± std and 'solved'")
-    play.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR")
-    play.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF")
-    play.add_argument("--episodes", type=int, default=None, help="episodes to play (default: 100 with --eval, else 3)")
-    return p
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = make_parser()
-    # First find the env alone (without acting on --help), to put its preset in place of the defaults.
-    find_env = argparse.ArgumentParser(add_help=False)
-    find_env.add_argument("--env", default=p.get_default("env"))
-    p.set_defaults(**PRESETS.get(find_env.parse_known_args(argv)[0].env, {}))
-    args = p.parse_args(argv)
-    check_args(args)
-    return args
-
-
-def check_args(a: argparse.Namespace) -> None:
-    """Reject nonsense values before anything is created or written."""
-    positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps", "n_step",
-                "target_update", "eval_episodes", "snapshot_every", "log_every", "threads"]
-    for name in positive:
-        if getattr(a, name) < 1:
-            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
-    for name in ["learning_starts", "epsilon_steps", "eval_every", "final_eval_episodes"]:
-        if getattr(a, name) < 0:
-            fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(a, name)}")
-    for name in ["epsilon_start", "epsilon_end", "gamma", "per_alpha", "per_beta"]:
-        if not 0.0 <= getattr(a, name) <= 1.0:
-            fail(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(a, name)}")
-    if not (a.lr > 0 and a.clip_norm > 0 and a.per_eps > 0):
-        fail("--lr, --clip-norm and --per-eps must be positive")
-    if not a.lr_end >= 0:
-        fail(f"--lr-end must be 0 or more, got {a.lr_end}")
-    if a.tau is not None and not 0 < a.tau <= 1:
-        fail(f"--tau must be in (0, 1], got {a.tau}")
-    if not 0 < a.epsilon_decay <= 1:
-        fail(f"--epsilon-decay must be in (0, 1], got {a.epsilon_decay}")
-    if a.batch_size > a.buffer_size:
-        fail(f"--batch-size {a.batch_size} is larger than --buffer-size {a.buffer_size}; "
-             "lower the batch or raise the buffer")
-    if a.episodes is not None and a.episodes < 1:
-        fail(f"--episodes must be at least 1, got {a.episodes}")
-    playing = a.view or a.eval or a.video or a.gif
-    if playing and not a.model:
-        fail("--view, --eval, --video and --gif play a saved model: add --model PATH")
-    if a.model and not playing:
-        fail("--model needs something to do: add --view, --eval, --video DIR or --gif FILE")
-    if a.view and (a.video or a.gif):
-        fail("--view renders to a window, --video/--gif to files: use one or the other")
-    if a.model and a.resume:
-        fail("--model plays a snapshot and --resume continues training: use one of them")
-
-
-# ------------------------------------------------------------------------- environment
-
-
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """Create an env, with a one-line error (exit 2) for ids or spaces DQN cannot handle."""
-    try:
-        env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as e:
-        fail(f"env {env_id!r} needs an extra package: {e}")
-    except gym.error.Error as e:
-        fail(f"unknown env {env_id!r} ({e}); try MountainCar-v0, CartPole-v1 or Acrobot-v1")
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        fail(f"env {env_id!r} has {type(env.action_space).__name__} actions; DQN needs Discrete actions")
-    if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        fail(f"env {env_id!r} needs a flat Box observation for this Q-network, "
-             f"it has {env.observation_space}")
-    space = env.observation_space
-    if np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
-        # Scale bounded observations to [-1, 1]: MountainCar's velocity spans +-0.07 and its
-        # position [-1.2, 0.6]; unscaled, the network can hardly tell velocities apart.
-        env = gym.wrappers.RescaleObservation(env, -np.ones_like(space.low), np.ones_like(space.high))
-    return env
-
+from settings import fail, parse_args
 
 # --------------------------------------------------------------------------- Q-network
 
@@ -421,18 +239,6 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
 # -------------------------------------------------------------------------- evaluation
 
 
-def run_episodes(env: gym.Env, policy, episodes: int, seed: int | None = None):
-    """Play whole episodes with `policy(obs) -> action`; yield each episode's return."""
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed if i == 0 else None)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total += float(reward)
-            done = terminated or truncated
-        yield total
-
-
 def evaluate(env: gym.Env, weights, episodes: int, seed: int | None = None, dueling: str = "none") -> np.ndarray:
     """Greedy returns over whole episodes on `env`, which must not be the training env
     (stepping the training env would cut its current episode short)."""
@@ -475,7 +281,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     validation_obs = None  # fixed states for the average-max-Q curve, drawn when learning starts
     best_weights = None  # the weights of the best periodic evaluation so far (--keep-best)
     if resuming:
-        model, st, validation_obs, best_weights = load_resume_state(run_dir, target, replay, rng)
+        st, validation_obs, best_weights = load_checkpoint(run_dir, model, target, replay, rng)
+        remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
     fit_batch = make_fit_batch(model, target, args.double, args.tau)
     # Compiled, the hard copy costs ~0.3 ms instead of ~3 ms for target.set_weights(model.get_weights()).
     copy_to_target = tf.function(functools.partial(update_target, target, model))
@@ -505,6 +312,10 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     t_start = t_log = time.perf_counter()
     step_log = step
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", smoothing=0.05, mininterval=1)
+    if resuming:
+        epsilon = epsilon_at(step, args.epsilon_start, args.epsilon_end, args.epsilon_steps, args.epsilon_schedule,
+                             args.epsilon_decay)
+        bar.write(f"resuming {run_dir} at step {step}: epsilon {epsilon:.3f}, {len(replay)} transitions in replay")
     while step < args.steps and not stop:
         step += 1
         # act, step the env, store the transition
@@ -512,6 +323,9 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
                              args.epsilon_decay)
         action = epsilon_greedy_action(weights, obs, epsilon, rng, n_actions, args.dueling)
         next_obs, reward, terminated, truncated, _ = env.step(action)
+        if not np.isfinite(next_obs.sum() + reward):  # one sum: NaN and inf anywhere propagate into it
+            status = "bad_env_output"
+            break
         for transition in n_step.push(obs, action, reward, next_obs, terminated, truncated):
             replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
         obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
@@ -581,9 +395,15 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             if args.keep_best and (st["best_eval_mean"] is None or mean >= st["best_eval_mean"]):
                 st["best_eval_step"], st["best_eval_mean"], best_weights = step, mean, weights
         if step % args.snapshot_every == 0:
-            model.save(run_dir / f"step_{step}.keras")
-            now = dict(step=step, train_seconds=st["train_seconds"] + time.perf_counter() - t_start)
-            save_resume_state(run_dir, model, target, replay, rng, {**st, **now}, validation_obs, best_weights)
+            now = dict(step=step, train_seconds=st["train_seconds"] + time.perf_counter() - t_start,
+                       wall_seconds=st["wall_seconds"] + time.time() - STARTED)
+            try:
+                save_model(model, run_dir / f"step_{step}.keras")
+                save_checkpoint(run_dir, model, target, replay, rng, {**st, **now}, validation_obs, best_weights)
+            except OSError:  # a full disk: main says so in one line, which must not land on the bar's
+                bar.close()
+                raise
+            bar.write(f"saved step_{step}.keras and the checkpoint at step {step} ({len(replay)} transitions)")
         if step % 100 == 0:
             bar.update(100)
     bar.close()
@@ -593,22 +413,22 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     st["train_seconds"] += time.perf_counter() - t_start
 
     final_returns = last_returns = None
-    if status == "diverged":  # keep the last good snapshot: nothing is saved from these weights
+    if status in ("diverged", "bad_env_output"):  # keep the last good snapshot: nothing is saved now
         st["step"] = step - 1
     else:
         st["step"] = step
-        save_resume_state(run_dir, model, target, replay, rng, st, validation_obs, best_weights)
         if status == "interrupted":
-            model.save(run_dir / f"step_{step}.keras")
-        else:
-            model.save(run_dir / "last.keras")
+            save_model(model, run_dir / f"step_{step}.keras")
+        save_checkpoint(run_dir, model, target, replay, rng, st, validation_obs, best_weights)
+        if status == "finished":
+            save_model(model, run_dir / "last.keras")
             episodes, eval_seed = args.final_eval_episodes, args.seed + 10_000  # same start states for both
             if episodes:
                 last_returns = evaluate(eval_env, weights, episodes, eval_seed, args.dueling)
             if best_weights is not None:
                 model.set_weights(best_weights)
                 weights = best_weights
-            model.save(run_dir / "final.keras")
+            save_model(model, run_dir / "final.keras")
             if episodes:
                 same = best_weights is None
                 final_returns = last_returns if same else evaluate(eval_env, weights, episodes, eval_seed, args.dueling)
@@ -618,33 +438,67 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     return summary
 
 
-def save_resume_state(run_dir: Path, model, target, replay, rng, st: dict, validation_obs, best_weights) -> None:
-    """Everything --resume needs: the online model with its optimizer state, the target
-    weights, the replay contents, the best weights so far, the counters and the random
-    generator's state."""
-    d = run_dir / "resume"
-    d.mkdir(exist_ok=True)
-    model.save(d / "online.keras")
-    target.save_weights(d / "target.weights.h5")
-    replay.save(d / "replay.npz")
-    np.savez(d / "best_weights.npz", *(best_weights or []))
-    extra = dict(rng=rng.bit_generator.state,
-                 validation_obs=None if validation_obs is None else validation_obs.tolist())
-    (d / "state.json").write_text(json.dumps({**st, **extra}))
+def save_model(model: keras.Model, path: Path) -> None:
+    """A .keras snapshot that --model can load, written atomically (atomic.py)."""
+    write_atomically(path, model.save)
 
 
-def load_resume_state(run_dir: Path, target, replay, rng):
-    """Inverse of save_resume_state; returns the online model, counters, validation states, best weights."""
-    d = run_dir / "resume"
-    model = keras.models.load_model(d / "online.keras")  # compiled, with Adam's moments restored
-    target.load_weights(d / "target.weights.h5")
-    replay.load(d / "replay.npz")
-    st = json.loads((d / "state.json").read_text())
-    rng.bit_generator.state = st.pop("rng")
-    validation_obs = st.pop("validation_obs")
-    with np.load(d / "best_weights.npz") as saved:
-        best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))] or None
-    return model, st, None if validation_obs is None else np.array(validation_obs, np.float32), best_weights
+# Keras 3.15 stores the attribute skip-sets of its saving code as "saving_attr_skipset_*" but looks
+# them up as "saving_attr_skiplist_*", so every save builds new reference layers whose memory is
+# never given back (~70 KB a snapshot). Caching the function stops that growth.
+saving_lib.get_attr_skipset = functools.cache(saving_lib.get_attr_skipset)
+
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def save_checkpoint(run_dir: Path, model, target, replay, rng, st: dict, validation_obs, best_weights) -> None:
+    """Everything --resume needs, in one file written atomically (atomic.py), so a crash leaves
+    either the previous complete checkpoint or this one: the online weights and Adam's state,
+    the target weights, the replay contents, the best weights so far, the counters and the
+    random generator's state."""
+    arrays = {"state": np.array(json.dumps({**st, "rng": rng.bit_generator.state}))}
+    for name, values in [("online", model.get_weights()), ("target", target.get_weights()),
+                         ("adam", [v.numpy() for v in optimizer_variables(model)]), ("best", best_weights or [])]:
+        arrays.update({f"{name}/{i}": v for i, v in enumerate(values)})
+    arrays.update({f"replay/{k}": v for k, v in replay.arrays().items()})
+    if validation_obs is not None:
+        arrays["validation_obs"] = validation_obs
+    write_atomically(run_dir / CHECKPOINT, lambda tmp: np.savez(tmp, **arrays))
+
+
+def optimizer_variables(model: keras.Model) -> list:
+    """Adam's step count and moments. Keras creates the moments at the first update, so a
+    checkpoint taken before learning starts builds them first (as zeros, as the update would)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return model.optimizer.variables
+
+
+def load_checkpoint(run_dir: Path, model, target, replay, rng) -> tuple[dict, np.ndarray | None, list | None]:
+    """Inverse of save_checkpoint, into freshly built networks and replay; returns the counters,
+    the validation states and the best weights. Any problem with the file is a one-line error."""
+    path = run_dir / CHECKPOINT
+    try:
+        with np.load(path) as saved:
+            def listed(name: str) -> list[np.ndarray]:
+                return [saved[f"{name}/{i}"] for i in range(sum(k.startswith(name + "/") for k in saved.files))]
+
+            st = json.loads(str(saved["state"]))
+            rng.bit_generator.state = st.pop("rng")
+            model.set_weights(listed("online"))
+            target.set_weights(listed("target"))
+            adam, variables = listed("adam"), optimizer_variables(model)
+            if len(adam) != len(variables):
+                raise ValueError(f"{len(adam)} optimizer arrays for {len(variables)} variables")
+            for variable, value in zip(variables, adam, strict=True):
+                variable.assign(value)
+            replay.restore({k.removeprefix("replay/"): saved[k] for k in saved.files if k.startswith("replay/")})
+            validation_obs = saved["validation_obs"] if "validation_obs" in saved.files else None
+            return st, validation_obs, listed("best") or None
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, or another run's: one answer
+        fail(f"{path} cannot be resumed ({type(e).__name__}: {e}); start a new run, or play its "
+             f"snapshots with --model {run_dir}/step_N.keras")
 
 
 def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, last_returns, threshold) -> dict:
@@ -668,54 +522,11 @@ def write_summary(run_dir: Path, args, st: dict, status: str, final_returns, las
                        final_eval_episodes=len(final_returns))
         if threshold is not None:
             summary["solved"] = bool(final_returns.mean() >= threshold)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
 
 
 # ------------------------------------------------------------------------ saved models
-
-
-def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str | None = None) -> gym.Env:
-    """An env to watch: rendered to a window, recorded as mp4s and/or collecting GIF frames."""
-    headless = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"))
-    if view and sys.platform.startswith("linux") and headless:  # SDL would crash trying to open a window
-        fail("no display to open a window on; use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
-    env = make_env(env_id, "human" if view else "rgb_array" if video or gif else None)
-    if video:
-        env = gym.wrappers.RecordVideo(env, video, episode_trigger=lambda _: True, disable_logger=True)
-    if gif:
-        env = gym.wrappers.RenderCollection(env)  # env.render() returns the frames since the last call
-    return env
-
-
-def show_episodes(env: gym.Env, policy, episodes: int, seed: int | None, gif: str | None = None,
-                  quiet: bool = False) -> np.ndarray:
-    """Play episodes, print each return, write the first one to `gif`; return the returns."""
-    import pygame  # comes with gymnasium[classic-control]; only needed to report a missing display
-
-    returns = []
-    try:
-        for i, ret in enumerate(tqdm(run_episodes(env, policy, episodes, seed), total=episodes,
-                                     desc="episodes", leave=False, disable=not quiet)):
-            returns.append(ret)
-            if not quiet:
-                print(f"episode {i + 1}: return {ret:.1f}", flush=True)
-            if i == 0 and gif:
-                save_gif(env.render(), gif)
-    except pygame.error as e:
-        fail(f"cannot open a window ({e}); use --video DIR, or set SDL_VIDEODRIVER=dummy")
-    env.close()
-    return np.array(returns)
-
-
-def save_gif(frames: list[np.ndarray], path: str, every: int = 2) -> None:
-    """Every 2nd frame at half size keeps a 200-step episode's GIF under 100 KB."""
-    import imageio.v3 as iio
-
-    small = [f[::2, ::2] for f in frames[::every]]
-    fps = 30 / every
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, small, duration=1000 / fps, loop=0)
 
 
 def play(args: argparse.Namespace) -> None:
@@ -726,11 +537,12 @@ def play(args: argparse.Namespace) -> None:
     episodes = args.episodes or (100 if args.eval else 3)
     policy = functools.partial(greedy_action, weights, dueling=dueling)
     returns = show_episodes(env, policy, episodes, args.seed, args.gif, quiet=args.eval)
-    if args.eval:
+    if args.eval and len(returns):
         threshold = env.spec.reward_threshold
         verdict = "" if threshold is None else f"; solved: {'yes' if returns.mean() >= threshold else 'no'} " \
                                                 f"(threshold {threshold})"
-        print(f"{args.env}: mean return {returns.mean():.1f} ± {returns.std():.1f} over {episodes} episodes{verdict}")
+        print(f"{args.env}: mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} "
+              f"episodes{verdict}")
 
 
 # -------------------------------------------------------------------------------- main
@@ -739,21 +551,41 @@ def play(args: argparse.Namespace) -> None:
 def prepare_run(args: argparse.Namespace) -> tuple[argparse.Namespace, Path, bool]:
     """New run: create LOGDIR/NAME and record the settings. --resume: reload them."""
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "resume" / "state.json").is_file() or not (run_dir / "args.json").is_file():
-            fail(f"{run_dir} has no resume state; pass a run directory written by run.py, e.g. runs/<name>")
-        saved = argparse.Namespace(**json.loads((run_dir / "args.json").read_text()))
-        done = json.loads((run_dir / "resume" / "state.json").read_text())["step"]
-        if done >= saved.steps:
-            fail(f"{run_dir} already finished its {saved.steps} steps; start a new run instead")
-        return saved, run_dir, True
+        return resumable_run(Path(args.resume)), Path(args.resume), True
     make_env(args.env).close()  # fail on a bad env before anything is written
     run_dir = Path(args.logdir) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
     if run_dir.exists():
         fail(f"{run_dir} already exists; choose another --name, or --resume {run_dir}")
-    run_dir.mkdir(parents=True)
-    (run_dir / "args.json").write_text(json.dumps(vars(args), indent=1))
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:  # a read-only folder, a --logdir that is a file, ...
+        fail(f"cannot create {run_dir} ({e.strerror}); pass a writable folder with --logdir")
+    try:
+        write_text_atomically(run_dir / "args.json", json.dumps(vars(args), indent=1))
+    except OSError as e:  # the disk is full: leave nothing behind
+        run_dir.rmdir()
+        fail(f"cannot write to {run_dir} ({e.strerror}); free some space or pass another --logdir")
     return args, run_dir, False
+
+
+def resumable_run(run_dir: Path) -> argparse.Namespace:
+    """The saved settings of a run that --resume can continue, or a one-line error saying why not."""
+    if not (run_dir / CHECKPOINT).is_file():
+        if (run_dir / "resume" / "state.json").is_file():
+            fail(f"{run_dir} was written by an older run.py (a resume/ folder, not {CHECKPOINT}) and cannot be "
+                 "resumed; start a new run, or play its snapshots with --model")
+        if (run_dir / "args.json").is_file():
+            fail(f"{run_dir} has no complete checkpoint yet (it stopped before its first snapshot); "
+                 "start it again as a new run")
+        fail(f"{run_dir} has no resume state; pass a run directory written by run.py, e.g. runs/<name>")
+    try:
+        saved = argparse.Namespace(**json.loads((run_dir / "args.json").read_text()))
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    except (OSError, ValueError, TypeError) as e:
+        fail(f"{run_dir}'s args.json or summary.json is not readable ({e}); start a new run")
+    if summary.get("status") == "finished":
+        fail(f"{run_dir} already finished its {saved.steps} steps; start a new run instead")
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -764,7 +596,11 @@ def main(argv: list[str] | None = None) -> int:
         play(args)
         return 0
     args, run_dir, resuming = prepare_run(args)
-    summary = train(args, run_dir, resuming)
+    try:
+        summary = train(args, run_dir, resuming)
+    except OSError as e:  # a full disk or a folder gone read-only: every file written so far is complete
+        fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
+             f"free some space, then continue with python run.py --resume {run_dir}")
     if summary["status"] == "interrupted":
         print(f"interrupted at step {summary['steps']}; snapshot and logs saved in {run_dir}. "
               f"Continue with: python run.py --resume {run_dir}", file=sys.stderr)
@@ -772,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
     if summary["status"] == "diverged":
         print(f"stopped: the loss became non-finite after step {summary['steps']}; earlier snapshots in "
               f"{run_dir} are kept. Try a lower --lr or --clip-norm.", file=sys.stderr)
+        return 1
+    if summary["status"] == "bad_env_output":
+        print(f"stopped: {args.env} returned a non-finite observation or reward at step {summary['steps'] + 1}; "
+              f"earlier snapshots in {run_dir} are kept. Check the env.", file=sys.stderr)
         return 1
     if summary["final_eval_mean"] is not None:
         verdict = "" if summary["solved"] is None else f"  solved: {'yes' if summary['solved'] else 'no'}"

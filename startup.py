@@ -1,0 +1,57 @@
+"""Starting the native libraries the same way on every machine, without their start-up noise.
+
+On CPUs with AVX-512 (VNNI, BF16, AMX) TensorFlow 2.21 switches oneDNN's custom operations on
+by default; elsewhere they are off. They change the numbers a seed gives (float round-off in
+another order) and, at import, write four lines to stderr that TF_CPP_MIN_LOG_LEVEL does not
+silence, because C++ writes them before logging is set up. Ray's C++ client likewise writes a
+warning per second while it retries a cluster it cannot join. So the scripts load TensorFlow
+with `load_tensorflow()` (before Keras, which loads it too) and join Ray under `quiet_stderr`.
+"""
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+
+# oneDNN off unless the user says otherwise (TF_ENABLE_ONEDNN_OPTS=1): the same numbers for a
+# seed on every x86-64 CPU; measured on this project's networks it was barely faster (README).
+ONEDNN_DEFAULT = "0"
+
+# The lines TensorFlow writes at import whatever the log level; anything else it writes (an
+# error, a warning about a bad setting) still shows.
+TENSORFLOW_NOISE = re.compile(r"All log messages before absl::InitializeLog\(\) is called"
+                              r"|oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def quiet_stderr(noise: re.Pattern) -> Iterator[None]:
+    """Hold back what anything, C++ included, writes to the stderr file descriptor inside the
+    block, then pass on every line that `noise` does not match."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not noise.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def load_tensorflow() -> types.ModuleType:
+    """Import TensorFlow with this project's defaults (a value already set in the environment
+    wins) and without its start-up noise; return the module."""
+    if not os.environ.get("TF_ENABLE_ONEDNN_OPTS"):  # unset or empty: TensorFlow would pick per CPU
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = ONEDNN_DEFAULT
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA probing or other INFO lines
+    with quiet_stderr(TENSORFLOW_NOISE):
+        import tensorflow
+    return tensorflow
