@@ -16,16 +16,22 @@ Throughput:  python bench.py --throughput --steps 20000
     a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
     In the same run, alternating with it: one compiled call per env step, and every DQN
     variant switched on at once; then it times prioritized-replay sampling in process.
+Memory:      python bench.py --memory
+    peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
+    every 40 steps over 40,000 steps and every 100 over 120,000; last line: peak_rss_mb: X.
 """
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import itertools
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +43,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import run  # for its argument parser and its one-line errors; the trainings run in their own processes
+import settings  # run.py's flags and one-line errors, without TensorFlow; trainings run in their own processes
+from atomic import write_atomically, write_text_atomically
+from startup import quiet_stderr
 
 HERE = Path(__file__).resolve().parent
 # The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
@@ -52,8 +60,8 @@ ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3"
 def setting(spec: str, option: str) -> tuple[str, list[str]]:
     """"lr=1e-3,3e-4" -> ("lr", ["1e-3", "3e-4"]), checking that run.py has the flag --lr."""
     key, _, values = spec.partition("=")
-    if not values or f"--{key}" not in run.make_parser()._option_string_actions:
-        run.fail(f"{option} {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
+    if not values or f"--{key}" not in settings.make_parser()._option_string_actions:
+        settings.fail(f"{option} {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
                  "e.g. double=0,1 or lr=1e-3,3e-4")
     return key, values.split(",")
 
@@ -70,20 +78,20 @@ def listed_configs(specs: list[str]) -> list[dict[str, str]]:
     for spec in specs:
         pairs = [] if spec == "default" else [setting(part, "--configs") for part in spec.split()]
         if any(len(values) > 1 for _, values in pairs):
-            run.fail(f"--configs {spec!r}: one value per flag here; --grid takes several")
+            settings.fail(f"--configs {spec!r}: one value per flag here; --grid takes several")
         configs.append({key: values[0] for key, values in pairs})
     return configs
 
 
 def config_flags(config: dict[str, str]) -> list[str]:
     """{"double": "1", "dueling": "avg"} -> ["--double", "--dueling", "avg"]; 0/1 switch on/off flags."""
-    options, flags = run.make_parser()._option_string_actions, []
+    options, flags = settings.make_parser()._option_string_actions, []
     for key, value in config.items():
         action = options[f"--{key}"]
         if action.nargs == 0:  # an on/off flag: --double, or --keep-best / --no-keep-best
             on = value.lower() in ("1", "true", "yes", "on")
             if not on and value.lower() not in ("0", "false", "no", "off"):
-                run.fail(f"--grid {key}={value}: --{key} is on/off, use {key}=0,1")
+                settings.fail(f"--grid {key}={value}: --{key} is on/off, use {key}=0,1")
             no = f"--no-{key}"
             flags += [f"--{key}"] if on else [no] if no in action.option_strings else []
         else:
@@ -99,7 +107,7 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
     """One trial per configuration and seed: its label, flags, and own run directory."""
     labels = [config_label(c) for c in configs]
     if len(set(labels)) < len(labels) or len(set(seeds)) < len(seeds):
-        run.fail("a configuration or a seed is given twice; give each once (a repeat would share a run directory)")
+        settings.fail("a configuration or a seed is given twice; give each once (a repeat would share a run directory)")
     trials = []
     for config, seed in itertools.product(configs, seeds):
         label = config_label(config)
@@ -122,12 +130,13 @@ def die_with_parent() -> None:
 def run_trial(trial: dict) -> dict:
     """Train one trial with `python run.py` and return its summary with `status` (finished,
     interrupted, diverged or failed) and `error`. Never raises: one bad trial cannot stop the
-    others. A trial interrupted earlier continues from its snapshot (run.py --resume); the run
-    directory of one that failed is kept, renamed, and the trial starts again."""
+    others. A trial stopped earlier (Ctrl-C, a cancelled Ray trial, a kill -9, a power cut)
+    continues from its last complete checkpoint (run.py --resume); the run directory of one
+    that has none, or that diverged, is kept, renamed, and the trial starts again."""
     run_dir = Path(trial["run_dir"])
     summary_file = run_dir / "summary.json"
     old = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if old.get("status") == "interrupted" and (run_dir / "resume" / "state.json").exists():
+    if old.get("status") != "diverged" and (run_dir / "checkpoint.npz").exists():
         cmd = ["--resume", str(run_dir)]
     else:
         if run_dir.exists():
@@ -159,16 +168,39 @@ def run_in_processes(trials: list[dict], parallel: int, on_done) -> list[dict]:
     return results
 
 
-def run_on_ray(trials: list[dict], address: str | None, parallel: int | None, root: Path, on_done) -> list[dict]:
-    """Each trial is a Ray Tune trial using one CPU. Without an address Ray starts here, on
-    every core; with one, the trials go to that cluster, whose nodes need this repository at
-    the same path with its requirements installed."""
+# What Ray's C++ client writes, once a second, while it retries a cluster it cannot join
+RAY_RETRIES = re.compile(r"gcs_client\.cc:\d+: Failed to get cluster ID")
+
+
+def start_ray(address: str | None, name: str) -> None:
+    """Start Ray here on every core, or connect to the cluster at `address` (one-line error if
+    that fails: a wrong address, or a cluster that wants a token this driver does not send)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's quiet reporter; we print our own progress
     import ray
-    from ray import tune
 
-    ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
-             log_to_driver=False, logging_level=logging.ERROR)
+    host, _, port = (address or "").rpartition(":")
+    if host and port.isdigit():  # host:port: a quick look first, as Ray retries a wrong one for minutes
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as e:
+            settings.fail(f"no Ray cluster answers at {address} ({e.strerror or e}); start one with "
+                          f"ray start --head, or pass its address, then: python bench.py --resume {name}")
+    try:
+        # Only around joining a cluster: a local start's services would inherit the held-back stderr.
+        with quiet_stderr(RAY_RETRIES) if address else contextlib.nullcontext():
+            ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
+    except ConnectionError as e:
+        settings.fail(f"cannot connect to the Ray cluster at {address} ({e}). Check the address; if the cluster "
+                      "uses token authentication (Ray turns it on when ~/.ray/auth_token exists), set "
+                      f"RAY_AUTH_MODE=token, then: python bench.py --resume {name}")
+
+
+def run_on_ray(trials: list[dict], parallel: int | None, root: Path, on_done) -> list[dict]:
+    """Each trial is a Ray Tune trial using one CPU, on the Ray that start_ray started or joined.
+    A cluster's nodes need this repository at the same path with its requirements installed."""
+    import ray
+    from ray import tune
 
     def trainable(config: dict) -> dict:
         # Returned, not raised: a failed training is a result. As one JSON string, so that
@@ -188,7 +220,9 @@ def run_on_ray(trials: list[dict], address: str | None, parallel: int | None, ro
         tune_config=tune.TuneConfig(max_concurrent_trials=parallel),
         run_config=tune.RunConfig(name="tune", storage_path=str(root.resolve()), verbose=0, callbacks=[Progress()],
                                   failure_config=tune.FailureConfig(max_failures=0)))
-    results = [crashed(r.config["trial"]) if r.error else json.loads(r.metrics["trial_result"]) for r in tuner.fit()]
+    # A trial without a result: its worker died, or Tune cancelled it before it ran.
+    results = [json.loads(r.metrics["trial_result"]) if "trial_result" in (r.metrics or {})
+               else crashed(r.config["trial"]) for r in tuner.fit()]
     ray.shutdown()
     return results
 
@@ -232,10 +266,13 @@ CSV_COLUMNS = ["config", "seed", "status", "final_eval_mean", "final_eval_std", 
 
 
 def write_csv(results: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(results)
+
+    write_atomically(path, write)
 
 
 def fmt(x, spec: str = ".1f") -> str:
@@ -329,10 +366,26 @@ def plot_curves(results: list[dict], path: Path) -> None:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
 
 
 # ---------------------------------------------------------------------- throughput
+
+
+def memory(root: Path, flags: list[str]) -> None:
+    """Peak RSS of long runs that snapshot often: memory that each snapshot leaves behind adds up here."""
+    peaks = []
+    for steps, every in [(40_000, 40), (120_000, 100)]:
+        run_flags = ["--steps", str(steps), "--snapshot-every", str(every), "--final-eval-episodes", "0", *flags]
+        trial = dict(name=f"snapshot-every-{every}", config="memory", seed=0, flags=run_flags,
+                     run_dir=str((root / f"snapshot-every-{every}").resolve()))
+        s = run_trial(trial)
+        if s["status"] != "finished":
+            settings.fail(f"the memory training {trial['name']} failed: {s['error']}")
+        peaks.append(s["peak_rss_mb"])
+        print(f"--snapshot-every {every} over {steps} steps ({steps // every} snapshots): peak RSS "
+              f"{s['peak_rss_mb']:.0f} MiB in {s['wall_seconds']:.0f} s")
+    print(f"peak_rss_mb: {max(peaks):.0f}")
 
 
 def throughput(root: Path, flags: list[str], repeats: int) -> None:
@@ -350,7 +403,7 @@ def throughput(root: Path, flags: list[str], repeats: int) -> None:
                          run_dir=str((root / f"c{i}-{r}").resolve()))
             s = run_trial(trial)
             if s["status"] != "finished":
-                run.fail(f"the throughput training {trial['name']} failed: {s['error']}")
+                settings.fail(f"the throughput training {trial['name']} failed: {s['error']}")
             sps[name].append(s["steps_per_second"])
             if i == 0:
                 with_compile.append(s["steps"] / s["train_seconds"])
@@ -394,7 +447,7 @@ def time_prioritized_sampling(shape: int | tuple[int, int], items: int = 100_000
 
 
 def parse_args() -> argparse.Namespace:
-    p = run.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = settings.Parser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", nargs="+", default=[], metavar="FLAG=V1,V2",
                    help="run.py flags to vary (without their dashes); every combination is one configuration")
     p.add_argument("--configs", nargs="+", default=None, metavar="'FLAG=V ...'",
@@ -416,15 +469,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--plot", default=None, help="where to write the curves (default: LOGDIR/NAME/curves.png)")
     p.add_argument("--throughput", action="store_true", help="measure training steps/s in the tutorial's regime")
     p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
+    p.add_argument("--memory", action="store_true", help="measure peak memory over long runs with frequent snapshots")
     p.add_argument("flags", nargs="*", help="extra run.py flags for every trial, after --")
     a = p.parse_args()
     if a.grid and a.configs:
-        run.fail("use --grid (every combination) or --configs (a list), not both")
+        settings.fail("use --grid (every combination) or --configs (a list), not both")
     if a.parallel is not None and a.parallel < 1:
-        run.fail(f"--parallel must be at least 1, got {a.parallel}")
+        settings.fail(f"--parallel must be at least 1, got {a.parallel}")
     if len(a.seeds) == 1:
         if a.seeds[0] < 1:
-            run.fail(f"--seeds N needs N >= 1, got {a.seeds[0]}")
+            settings.fail(f"--seeds N needs N >= 1, got {a.seeds[0]}")
         a.seeds = list(range(a.seeds[0]))
     return a
 
@@ -437,23 +491,28 @@ def main() -> int:
     if a.throughput:
         throughput(root, common, a.repeats)
         return 0
+    if a.memory:
+        memory(root, common)
+        return 0
 
     spec_file = root / "bench.json"
     if a.resume:  # the trials come from the bench being resumed, like run.py --resume
         if not spec_file.is_file():
-            run.fail(f"{root} is not a bench to resume (no bench.json); pass the NAME of an earlier bench")
+            settings.fail(f"{root} is not a bench to resume (no bench.json); pass the NAME of an earlier bench")
         trials = json.loads(spec_file.read_text())["trials"]
     else:
         if root.exists():
-            run.fail(f"{root} already exists; choose another --name, or --resume {name}")
+            settings.fail(f"{root} already exists; choose another --name, or --resume {name}")
         configs = listed_configs(a.configs) if a.configs else grid_configs(a.grid)
         trials = make_trials(configs, a.seeds, common, root)
         root.mkdir(parents=True)
-        spec_file.write_text(json.dumps(dict(command=sys.argv, trials=trials), indent=1))
+        write_text_atomically(spec_file, json.dumps(dict(command=sys.argv, trials=trials), indent=1))
 
     done = {t["name"]: trial_summary(t) for t in trials}
     kept = {k: v for k, v in done.items() if v and v.get("status") == "finished"}
     todo = [t for t in trials if t["name"] not in kept]
+    if todo and not a.no_ray:
+        start_ray(a.address, name)
     print(f"{len(trials)} trials: {len(kept)} already finished, {len(todo)} to run "
           f"({'plain processes' if a.no_ray else 'Ray, ' + (a.address or 'local')})", file=sys.stderr)
     bar = tqdm(total=len(todo), desc="trials", unit="trial")
@@ -468,14 +527,14 @@ def main() -> int:
         if a.no_ray:
             new = run_in_processes(todo, a.parallel or os.cpu_count(), on_done)
         else:
-            new = run_on_ray(todo, a.address, a.parallel, root, on_done)
+            new = run_on_ray(todo, a.parallel, root, on_done)
         kept.update({r["name"]: r for r in new})
     bar.close()
     results = [kept[t["name"]] for t in trials]  # in grid order
 
     write_csv(results, root / "results.csv")
     table = config_table(results) + "\n\n" + trial_table(results)
-    (root / "table.md").write_text(table + "\n")
+    write_text_atomically(root / "table.md", table + "\n")
     plot_curves(results, Path(a.plot) if a.plot else root / "curves.png")
     print(f"{len(todo)} trainings in {time.time() - started:.0f} s; results in {root}/", file=sys.stderr)
     print(table)
