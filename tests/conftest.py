@@ -9,14 +9,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # render without a screen
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from startup import load_tensorflow  # noqa: E402
+
+load_tensorflow()  # as the scripts do, before any test imports Keras: the same defaults, no start-up noise
 
 
-def script(name: str, *args, cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
-    """Run one of the repo's scripts as a user would, in `cwd`."""
+def script(name: str, *args, cwd: Path, timeout: float = 300, env: dict | None = None,
+           **popen) -> subprocess.CompletedProcess:
+    """Run one of the repo's scripts as a user would, in `cwd`, rendering without a screen (the
+    window itself is tested on a real X server in test_window.py). `env` adds variables to the
+    environment, or removes those given as None."""
+    full = {**os.environ, "SDL_VIDEODRIVER": "dummy", **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
     return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "SDL_VIDEODRIVER": "dummy"}, **popen)
+                          text=True, timeout=timeout, env=full, **popen)
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +34,16 @@ def trained_run(tmp_path_factory) -> Path:
                "--name", "short", cwd=cwd)
     assert r.returncode == 0, r.stderr
     return cwd / "runs" / "short"
+
+
+def checkpoint_state(run_dir: Path) -> dict:
+    """The counters saved in a run's checkpoint.npz (its step, episodes, evaluations, ...)."""
+    import json
+
+    import numpy as np
+
+    with np.load(run_dir / "checkpoint.npz") as saved:
+        return json.loads(str(saved["state"]))
 
 
 def scalar_tags(run_dir: Path) -> set[str]:

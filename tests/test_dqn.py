@@ -60,8 +60,8 @@ def test_bellman_target_bootstraps_through_truncation_not_termination():
 
 def test_training_env_stores_truncation_as_not_terminated(trained_run):
     # 3000 steps of MountainCar: 15 episodes truncated at 200 steps, none reached the flag
-    saved = np.load(trained_run / "resume" / "replay.npz")
-    assert len(saved["action"]) == 3000 and saved["terminated"].sum() == 0
+    saved = np.load(trained_run / "checkpoint.npz")
+    assert len(saved["replay/action"]) == 3000 and saved["replay/terminated"].sum() == 0
 
 
 def test_fit_batch_moves_only_the_taken_action_toward_its_target():
@@ -116,17 +116,19 @@ def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
         np.testing.assert_array_equal(loaded([obs, ones]).numpy(), expected)
 
 
-def test_resume_state_round_trip(tmp_path, model):
+def test_checkpoint_round_trip(tmp_path, model):
     target = run.create_model(2, 3, 16, 1e-2, 10.0)
     replay, rng = random_replay(60, capacity=50)
     run.make_fit_batch(model, target)(**replay.sample(rng, (3, 8)))  # gives Adam some state
     st = dict(step=60, episode=0, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0, evals=[[50, -200.0]],
               first_solved_step=None, first_solved_seconds=None, best_eval_step=50, best_eval_mean=-200.0)
     best = [w + 1 for w in run.numpy_weights(model)]
-    run.save_resume_state(tmp_path, model, target, replay, rng, st, replay.obs[:5], best)
+    run.save_checkpoint(tmp_path, model, target, replay, rng, st, replay.obs[:5], best)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # one file, no temporary left
 
-    target2, replay2, rng2 = run.create_model(2, 3, 16, 1e-2, 10.0), ReplayBuffer(50, (2,)), np.random.default_rng(99)
-    model2, st2, val, best2 = run.load_resume_state(tmp_path, target2, replay2, rng2)
+    model2, target2 = run.create_model(2, 3, 16, 1e-2, 10.0), run.create_model(2, 3, 16, 1e-2, 10.0)
+    replay2, rng2 = ReplayBuffer(50, (2,)), np.random.default_rng(99)
+    st2, val, best2 = run.load_checkpoint(tmp_path, model2, target2, replay2, rng2)
     assert st2 == st and rng2.random() == rng.random()
     np.testing.assert_array_equal(val, replay.obs[:5])
     for a, b in zip(best2, best, strict=True):
@@ -138,6 +140,12 @@ def test_resume_state_round_trip(tmp_path, model):
     assert int(model2.optimizer.iterations) == int(model.optimizer.iterations) == 3
     for a, b in zip(model2.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and the restored optimizer takes the same next step as the original
+    batch = replay.sample(np.random.default_rng(5), (1, 8))
+    run.make_fit_batch(model, target)(**batch)
+    run.make_fit_batch(model2, target2)(**batch)
+    for a, b in zip(model2.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_double_dqn_target_lets_the_online_net_choose_and_the_target_net_value():

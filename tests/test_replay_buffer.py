@@ -38,17 +38,22 @@ def test_sampling_is_uniform():
     assert counts.min() > 9_500 and counts.max() < 10_500
 
 
+def save_and_load(buf, path):
+    """The round trip of a checkpoint: arrays() to an .npz file, restore() from it."""
+    np.savez(path, **buf.arrays())
+    return np.load(path)
+
+
 def test_save_and_load_round_trip(tmp_path):
     buf = ReplayBuffer(5, (2,))
     fill(buf, 7)
-    buf.save(tmp_path / "replay.npz")
     other = ReplayBuffer(5, (2,))
-    other.load(tmp_path / "replay.npz")
+    other.restore(save_and_load(buf, tmp_path / "replay.npz"))
     assert (other.size, other.next) == (buf.size, buf.next)
     for name in ("obs", "action", "reward", "next_obs", "terminated", "discount"):
         np.testing.assert_array_equal(getattr(other, name), getattr(buf, name))
     with pytest.raises(ValueError, match="capacity"):
-        ReplayBuffer(6, (2,)).load(tmp_path / "replay.npz")
+        ReplayBuffer(6, (2,)).restore(np.load(tmp_path / "replay.npz"))
 
 
 def run_nstep(rewards, n, gamma, end):
@@ -144,8 +149,7 @@ def test_prioritized_save_and_load_keeps_priorities(tmp_path):
     buf = PrioritizedReplayBuffer(5, (2,))
     fill(buf, 7)
     buf.update_priorities(np.arange(5), np.arange(5.0))
-    buf.save(tmp_path / "replay.npz")
     other = PrioritizedReplayBuffer(5, (2,))
-    other.load(tmp_path / "replay.npz")
+    other.restore(save_and_load(buf, tmp_path / "replay.npz"))
     np.testing.assert_array_equal(other.tree.nodes, buf.tree.nodes)
     assert other.max_priority == buf.max_priority and other.next == buf.next

@@ -1,0 +1,101 @@
+"""Watching in a real window: see.py and run.py --view on a real X server (Xvfb), checked with
+screenshots of the screen taken by xwd while the episodes play. No SDL_VIDEODRIVER=dummy here.
+
+Needs Debian's xvfb and x11-apps (`.ci/run` installs them). Without them the tests are skipped,
+except under CI=true, where that is a failure.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+MISSING = [tool for tool in ("Xvfb", "xwd") if shutil.which(tool) is None]
+if MISSING and os.environ.get("CI") == "true":
+    raise RuntimeError(f"{' and '.join(MISSING)} not found: CI must test the window on a real X server "
+                       "(apt-get install xvfb x11-apps)")
+pytestmark = pytest.mark.skipif(bool(MISSING), reason="needs Xvfb and xwd (apt-get install xvfb x11-apps)")
+
+
+@pytest.fixture(scope="module")
+def display():
+    """A real X server of our own; -displayfd lets it pick a free display number."""
+    read, write = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                            pass_fds=[write], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()
+    assert number, "Xvfb did not start"
+    yield f":{number}"
+    xvfb.terminate()
+    xvfb.wait(timeout=10)
+
+
+def screenshot(display: str) -> np.ndarray:
+    """The whole screen as an (height, width, 3) RGB array, from xwd's dump of a TrueColor screen
+    (ZPixmap, 24 or 32 bits a pixel, blue in the lowest byte)."""
+    raw = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, check=True).stdout
+    header = np.frombuffer(raw[:100], ">u4")
+    header_size, width, height, byte_order, bits_per_pixel, bytes_per_line, ncolors = (
+        int(header[i]) for i in (0, 4, 5, 7, 11, 12, 19))
+    step = bits_per_pixel // 8
+    assert step in (3, 4) and byte_order == 0, (bits_per_pixel, byte_order)  # LSBFirst: B, G, R(, unused)
+    start = header_size + 12 * ncolors  # the colour map follows the header
+    rows = np.frombuffer(raw[start:start + height * bytes_per_line], np.uint8).reshape(height, bytes_per_line)
+    return rows[:, :width * step].reshape(height, width, step)[..., 2::-1]
+
+
+def mountain_car_on_screen(shot: np.ndarray) -> bool:
+    """MountainCar's frame: a 600x400 white background, the yellow flag and the black car and track."""
+    white = (shot > 240).all(axis=-1).sum()
+    yellow = ((shot[..., 0] > 150) & (shot[..., 1] > 150) & (shot[..., 2] < 80)).sum()
+    dark_inside = (shot < 60).all(axis=-1)[100:500, 100:700].sum()  # Xvfb's black border excluded
+    return white > 0.8 * 600 * 400 and yellow > 20 and dark_inside > 200
+
+
+def play_in_window(display: str, script: str, *args) -> tuple[subprocess.CompletedProcess, list[np.ndarray]]:
+    """Run a script with DISPLAY set (and no SDL_VIDEODRIVER), taking screenshots until it ends."""
+    env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"} | {"DISPLAY": display}
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    shots, deadline = [], time.time() + 180
+    while proc.poll() is None and time.time() < deadline:
+        shots.append(screenshot(display))
+        time.sleep(0.5)
+    out, err = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), shots
+
+
+def test_see_plays_in_a_real_window(display, tmp_path):
+    assert not mountain_car_on_screen(screenshot(display))  # nothing shown before
+    r, shots = play_in_window(display, "see.py", "--episodes", "1")
+    assert r.returncode == 0 and "episode 1: return -200.0" in r.stdout, r.stderr
+    assert r.stderr == ""
+    assert sum(map(mountain_car_on_screen, shots)) >= 3, "the window never showed MountainCar"
+    frames = [s for s in shots if mountain_car_on_screen(s)]
+    assert any((a != b).any() for a, b in zip(frames, frames[1:], strict=False)), "the car never moved"
+    assert not mountain_car_on_screen(screenshot(display))  # and the window is gone
+
+
+def test_view_plays_a_trained_model_in_a_real_window(display, trained_run):
+    r, shots = play_in_window(display, "run.py", "--model", trained_run / "final.keras", "--view",
+                              "--episodes", "2")
+    assert r.returncode == 0, r.stderr  # a segmentation fault here would be -11
+    assert "episode 1: return" in r.stdout and "episode 2: return" in r.stdout
+    assert sum(map(mountain_car_on_screen, shots)) >= 3, "the window never showed MountainCar"
+
+
+@pytest.mark.parametrize("script, args", [("see.py", []), ("run.py", ["--model", "MODEL", "--view"])])
+def test_a_display_without_a_server_is_a_clear_error(trained_run, tmp_path, script, args):
+    args = [str(trained_run / "final.keras") if a == "MODEL" else a for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"} | {"DISPLAY": ":4711"}
+    r = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=tmp_path, capture_output=True, text=True,
+                       env=env, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "cannot open a window" in lines[0], r.stderr
