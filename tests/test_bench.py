@@ -86,3 +86,37 @@ def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
     assert "4 trials: 2 already finished, 2 to run" in r.stderr
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not trained again
     assert len(list(csv.DictReader(open(root / "results.csv")))) == 4
+
+
+def test_resume_continues_a_trial_whose_training_was_killed(tmp_path):
+    """kill -9 of a trial's run.py: the bench reports it failed, and --resume continues it from its
+    last checkpoint instead of training it again from zero."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from conftest import ROOT, checkpoint_state
+
+    flags = ["--no-ray", "--seeds", "1", "--name", "k", "--env", "CartPole-v1", "--steps", "20000", "--",
+             "--learning-starts", "200", "--snapshot-every", "500", "--eval-every", "0", "--final-eval-episodes", "2"]
+    bench_proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *flags], cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "bench" / "k" / "runs" / "default_seed0"
+    deadline = time.time() + 120
+    while not ((run_dir / "checkpoint.npz").exists() and checkpoint_state(run_dir)["step"] >= 1000):
+        assert time.time() < deadline and bench_proc.poll() is None
+        time.sleep(0.1)
+    training = next(p for p in psutil.Process(bench_proc.pid).children(recursive=True) if "run.py" in p.cmdline()[1])
+    training.send_signal(signal.SIGKILL)
+    assert bench_proc.wait(timeout=60) == 0
+    assert [row["status"] for row in csv.DictReader(open(tmp_path / "bench" / "k" / "results.csv"))] == ["failed"]
+    step = checkpoint_state(run_dir)["step"]
+
+    r = script("bench.py", "--resume", "k", "--no-ray", cwd=tmp_path)
+    assert r.returncode == 0 and "1 trials: 0 already finished, 1 to run" in r.stderr, r.stderr
+    log = (run_dir.parent / "default_seed0.log").read_text()
+    assert f"resuming {run_dir} at step {step}:" in log  # continued, not started again
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 20000
+    assert [p.name for p in run_dir.parent.iterdir() if p.is_dir()] == ["default_seed0"]  # nothing renamed
