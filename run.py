@@ -6,14 +6,16 @@ Evaluate:  python run.py --model runs/<name>/final.keras --eval
 Resume:    python run.py --resume runs/<name>
 Curves:    tensorboard --logdir runs
 
-The file reads top to bottom in the order the algorithm runs: settings, environment,
-Q-network, acting, learning (Bellman targets and the gradient step), evaluation, the
-training loop, and playing a saved model.
+The file reads top to bottom in the order the algorithm runs: Q-network, acting, learning
+(Bellman targets and the gradient step), evaluation, the training loop with its snapshots and
+crash-safe checkpoint, and playing a saved model. The flags are in settings.py, the envs and
+the playing of episodes in envs.py.
 """
 
 import argparse
 import functools
 import json
+import math
 import resource
 import signal
 import sys
@@ -323,7 +325,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
                              args.epsilon_decay)
         action = epsilon_greedy_action(weights, obs, epsilon, rng, n_actions, args.dueling)
         next_obs, reward, terminated, truncated, _ = env.step(action)
-        if not np.isfinite(next_obs.sum() + reward):  # one sum: NaN and inf anywhere propagate into it
+        if not math.isfinite(next_obs.sum() + reward):  # one sum: NaN and inf anywhere propagate into it
             status = "bad_env_output"
             break
         for transition in n_step.push(obs, action, reward, next_obs, terminated, truncated):

@@ -43,7 +43,8 @@ def make_parser() -> Parser:
     run.add_argument("--name", default=None, help="run name (default: a timestamp); output goes to LOGDIR/NAME")
     run.add_argument("--logdir", default="runs", help="root folder for runs")
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
-                     help="continue an interrupted run from its last snapshot, with its saved settings")
+                     help="continue a stopped run (Ctrl-C, kill, crash) from its last complete checkpoint, "
+                          "with its saved settings")
     run.add_argument("--threads", type=int, default=1,
                      help="TensorFlow threads; the network is tiny, so more threads mostly add overhead")
 
@@ -106,7 +107,8 @@ def make_parser() -> Parser:
     ev.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=True,
                     help="final.keras gets the weights that scored best in the periodic evaluations (the last "
                          "weights go to last.keras): DQN's greedy policy keeps changing while it trains")
-    ev.add_argument("--snapshot-every", type=int, default=50_000, help="env steps between .keras snapshots")
+    ev.add_argument("--snapshot-every", type=int, default=50_000,
+                    help="env steps between snapshots: a step_N.keras file and the checkpoint --resume starts from")
     ev.add_argument("--log-every", type=int, default=2_000, help="env steps between log lines")
 
     play = p.add_argument_group("playing a saved model")
