@@ -24,14 +24,20 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason="needs Xvfb and xwd (apt-g
 
 @pytest.fixture(scope="module")
 def display():
-    """A real X server of our own; -displayfd lets it pick a free display number."""
+    """A real X server of our own; -displayfd lets it pick a free display number. -noreset: by
+    default it resets whenever its last client leaves (after every xwd, or when a window closes),
+    and a screenshot that arrives during a reset fails."""
     read, write = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                            pass_fds=[write], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "800x600x24", "-nolisten", "tcp",
+                             "-noreset"], pass_fds=[write], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write)
     with os.fdopen(read) as f:
         number = f.readline().strip()
     assert number, "Xvfb did not start"
+    deadline = time.time() + 30  # it names its display as it starts listening; wait until it answers
+    while subprocess.run(["xwd", "-root", "-silent", "-display", f":{number}"], capture_output=True).returncode:
+        assert time.time() < deadline and xvfb.poll() is None, "Xvfb does not answer"
+        time.sleep(0.2)
     yield f":{number}"
     xvfb.terminate()
     xvfb.wait(timeout=10)
@@ -40,7 +46,9 @@ def display():
 def screenshot(display: str) -> np.ndarray:
     """The whole screen as an (height, width, 3) RGB array, from xwd's dump of a TrueColor screen
     (ZPixmap, 24 or 32 bits a pixel, blue in the lowest byte)."""
-    raw = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, check=True).stdout
+    r = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True)
+    assert r.returncode == 0, f"xwd: {r.stderr.decode(errors='replace')}"
+    raw = r.stdout
     header = np.frombuffer(raw[:100], ">u4")
     header_size, width, height, byte_order, bits_per_pixel, bytes_per_line, ncolors = (
         int(header[i]) for i in (0, 4, 5, 7, 11, 12, 19))
