@@ -289,6 +289,9 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     # Compiled, the hard copy costs ~0.3 ms instead of ~3 ms for target.set_weights(model.get_weights()).
     copy_to_target = tf.function(functools.partial(update_target, target, model))
     n_step = NStep(args.n_step, args.gamma)
+    epsilon_schedule = functools.partial(epsilon_at, start=args.epsilon_start, end=args.epsilon_end,
+                                         anneal_steps=args.epsilon_steps, schedule=args.epsilon_schedule,
+                                         decay=args.epsilon_decay)
     weights = numpy_weights(model)
     log = TensorBoardLogger(run_dir)
     if not resuming:  # the settings travel with the curves
@@ -315,14 +318,12 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     step_log = step
     bar = tqdm(total=args.steps, initial=step, desc="train", unit="step", smoothing=0.05, mininterval=1)
     if resuming:
-        epsilon = epsilon_at(step, args.epsilon_start, args.epsilon_end, args.epsilon_steps, args.epsilon_schedule,
-                             args.epsilon_decay)
+        epsilon = epsilon_schedule(step)
         bar.write(f"resuming {run_dir} at step {step}: epsilon {epsilon:.3f}, {len(replay)} transitions in replay")
     while step < args.steps and not stop:
         step += 1
         # act, step the env, store the transition
-        epsilon = epsilon_at(step, args.epsilon_start, args.epsilon_end, args.epsilon_steps, args.epsilon_schedule,
-                             args.epsilon_decay)
+        epsilon = epsilon_schedule(step)
         action = epsilon_greedy_action(weights, obs, epsilon, rng, n_actions, args.dueling)
         next_obs, reward, terminated, truncated, _ = env.step(action)
         if not math.isfinite(next_obs.sum() + reward):  # one sum: NaN and inf anywhere propagate into it
