@@ -11,14 +11,7 @@ Compare:     python bench.py --grid double=0,1 dueling=none,avg --seeds 5 --env 
 A list:      python bench.py --configs default double=1 "double=1 n-step=3" --seeds 5
 One config:  python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
 Resume:      python bench.py --resume NAME    reruns only the trials that did not finish
-Throughput:  python bench.py --throughput --steps 20000
-    trains in the 2018 tutorial's regime (one gradient step on a batch of 64 per env step,
-    a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
-    In the same run, alternating with it: one compiled call per env step, and every DQN
-    variant switched on at once; then it times prioritized-replay sampling in process.
-Memory:      python bench.py --memory
-    peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
-    every 40 steps over 40,000 steps and every 100 over 120,000; last line: peak_rss_mb: X.
+Speed and memory have their own script: speed.py.
 """
 
 import argparse
@@ -48,21 +41,19 @@ from atomic import write_atomically, write_text_atomically
 from startup import quiet_stderr
 
 HERE = Path(__file__).resolve().parent
-# The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
-# runs every 16 steps with 16 gradient steps per compiled call (same ratio, less overhead).
-TUTORIAL_REGIME = ["--units", "32", "--batch-size", "64", "--train-freq", "16", "--gradient-steps", "16",
-                   "--learning-starts", "64", "--eval-every", "0", "--final-eval-episodes", "0"]
-ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.005", "--loss", "huber"]
 
 # ------------------------------------------------------------------ the trials to run
+
+
+RUN_DEFAULTS = vars(settings.make_parser().parse_args([]))  # every run.py flag (as its dest) and its default
 
 
 def setting(spec: str, option: str) -> tuple[str, list[str]]:
     """"lr=1e-3,3e-4" -> ("lr", ["1e-3", "3e-4"]), checking that run.py has the flag --lr."""
     key, _, values = spec.partition("=")
-    if not values or f"--{key}" not in settings.make_parser()._option_string_actions:
+    if not values or key.replace("-", "_") not in RUN_DEFAULTS:
         settings.fail(f"{option} {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
-                 "e.g. double=0,1 or lr=1e-3,3e-4")
+                      "e.g. double=0,1 or lr=1e-3,3e-4")
     return key, values.split(",")
 
 
@@ -84,16 +75,15 @@ def listed_configs(specs: list[str]) -> list[dict[str, str]]:
 
 
 def config_flags(config: dict[str, str]) -> list[str]:
-    """{"double": "1", "dueling": "avg"} -> ["--double", "--dueling", "avg"]; 0/1 switch on/off flags."""
-    options, flags = settings.make_parser()._option_string_actions, []
+    """{"double": "1", "dueling": "avg"} -> ["--double", "--dueling", "avg"]; on/off flags take 0/1
+    (double=0 gives --no-double)."""
+    flags = []
     for key, value in config.items():
-        action = options[f"--{key}"]
-        if action.nargs == 0:  # an on/off flag: --double, or --keep-best / --no-keep-best
+        if isinstance(RUN_DEFAULTS[key.replace("-", "_")], bool):
             on = value.lower() in ("1", "true", "yes", "on")
             if not on and value.lower() not in ("0", "false", "no", "off"):
                 settings.fail(f"--grid {key}={value}: --{key} is on/off, use {key}=0,1")
-            no = f"--no-{key}"
-            flags += [f"--{key}"] if on else [no] if no in action.option_strings else []
+            flags.append(f"--{key}" if on else f"--no-{key}")
         else:
             flags += [f"--{key}", value]
     return flags
@@ -112,8 +102,10 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
     for config, seed in itertools.product(configs, seeds):
         label = config_label(config)
         name = f"{label.replace(' ', '_')}_seed{seed}"
-        trials.append(dict(name=name, config=label, seed=seed, flags=[*config_flags(config), *common],
-                           run_dir=str((root / "runs" / name).resolve())))
+        flags = [*config_flags(config), *common]
+        settings.parse_args([*flags, "--seed", str(seed)])  # a bad value fails here, in one line, not in every trial
+        run_dir = str((root / "runs" / name).resolve())
+        trials.append(dict(name=name, config=label, seed=seed, flags=flags, run_dir=run_dir))
     return trials
 
 
@@ -369,80 +361,6 @@ def plot_curves(results: list[dict], path: Path) -> None:
     write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
 
 
-# ---------------------------------------------------------------------- throughput
-
-
-def memory(root: Path, flags: list[str]) -> None:
-    """Peak RSS of long runs that snapshot often: memory that each snapshot leaves behind adds up here."""
-    peaks = []
-    for steps, every in [(40_000, 40), (120_000, 100)]:
-        run_flags = ["--steps", str(steps), "--snapshot-every", str(every), "--final-eval-episodes", "0", *flags]
-        trial = dict(name=f"snapshot-every-{every}", config="memory", seed=0, flags=run_flags,
-                     run_dir=str((root / f"snapshot-every-{every}").resolve()))
-        s = run_trial(trial)
-        if s["status"] != "finished":
-            settings.fail(f"the memory training {trial['name']} failed: {s['error']}")
-        peaks.append(s["peak_rss_mb"])
-        print(f"--snapshot-every {every} over {steps} steps ({steps // every} snapshots): peak RSS "
-              f"{s['peak_rss_mb']:.0f} MiB in {s['wall_seconds']:.0f} s")
-    print(f"peak_rss_mb: {max(peaks):.0f}")
-
-
-def throughput(root: Path, flags: list[str], repeats: int) -> None:
-    """Training steps/s of the batched update, against one call per env step and against all
-    variants on. One training at a time (parallel ones would compete for the cores), the three
-    alternating, so all see the same machine; medians of `repeats` runs."""
-    configs = {"batched (16 updates per call)": [],
-               "one call per env step": ["--train-freq", "1", "--gradient-steps", "1"],
-               "all variants on": ALL_VARIANTS}
-    sps = {name: [] for name in configs}
-    with_compile = []
-    for r in range(repeats):
-        for i, (name, extra) in enumerate(configs.items()):
-            trial = dict(name=f"c{i}-{r}", config=name, seed=0, flags=[*TUTORIAL_REGIME, *extra, *flags],
-                         run_dir=str((root / f"c{i}-{r}").resolve()))
-            s = run_trial(trial)
-            if s["status"] != "finished":
-                settings.fail(f"the throughput training {trial['name']} failed: {s['error']}")
-            sps[name].append(s["steps_per_second"])
-            if i == 0:
-                with_compile.append(s["steps"] / s["train_seconds"])
-    med = {name: statistics.median(x) for name, x in sps.items()}
-    base = next(iter(med.values()))
-    for name, x in sps.items():
-        print(f"{name}: {', '.join(f'{v:.0f}' for v in x)} steps/s, median {med[name]:.0f} "
-              f"({med[name] / base:.2f}x the batched plain DQN)")
-    print(f"batched, including the one-time XLA compile: {statistics.median(with_compile):.0f} steps/s")
-    print(f"one batched gradient update (with its env step) takes {1e6 / base:.0f} us; prioritized replay of "
-          "100,000 items, per minibatch of 64:")
-    for shape, how in [(64, "one at a time"), ((16, 64), "16 at once, as run.py does")]:
-        sample_us, update_us = time_prioritized_sampling(shape)
-        print(f"  {how}: sampling {sample_us:.0f} us, updating priorities {update_us:.0f} us")
-    print(f"steps_per_second: {base:.0f}")
-
-
-def time_prioritized_sampling(shape: int | tuple[int, int], items: int = 100_000,
-                              calls: int = 1000) -> tuple[float, float]:
-    """Median microseconds per minibatch to sample `shape` (64, or (16, 64) as the training loop
-    does) from a full prioritized replay, and to update those priorities."""
-    from replay_buffer import PrioritizedReplayBuffer
-
-    rng = np.random.default_rng(0)
-    replay = PrioritizedReplayBuffer(items, (8,))  # LunarLander-sized observations
-    replay.size = items  # the contents do not matter for timing, only the priorities
-    replay.update_priorities(np.arange(items), rng.exponential(size=items))
-    minibatches = 1 if isinstance(shape, int) else shape[0]
-    sample, update = [], []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        b = replay.sample(rng, shape, beta=0.5)
-        t1 = time.perf_counter()
-        replay.update_priorities(b["index"], rng.exponential(size=b["index"].shape))
-        sample.append(t1 - t0)
-        update.append(time.perf_counter() - t1)
-    return statistics.median(sample) * 1e6 / minibatches, statistics.median(update) * 1e6 / minibatches
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -467,9 +385,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-ray", action="store_true",
                    help="run the trainings as plain processes here instead (the baseline for Ray's overhead)")
     p.add_argument("--plot", default=None, help="where to write the curves (default: LOGDIR/NAME/curves.png)")
-    p.add_argument("--throughput", action="store_true", help="measure training steps/s in the tutorial's regime")
-    p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
-    p.add_argument("--memory", action="store_true", help="measure peak memory over long runs with frequent snapshots")
     p.add_argument("flags", nargs="*", help="extra run.py flags for every trial, after --")
     a = p.parse_args()
     if a.grid and a.configs:
@@ -488,13 +403,6 @@ def main() -> int:
     name = a.resume or a.name or time.strftime("bench-%Y%m%d-%H%M%S")
     root = Path(a.logdir) / name
     common = [*(["--env", a.env] if a.env else []), *(["--steps", str(a.steps)] if a.steps else []), *a.flags]
-    if a.throughput:
-        throughput(root, common, a.repeats)
-        return 0
-    if a.memory:
-        memory(root, common)
-        return 0
-
     spec_file = root / "bench.json"
     if a.resume:  # the trials come from the bench being resumed, like run.py --resume
         if not spec_file.is_file():

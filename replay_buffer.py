@@ -9,10 +9,24 @@ Also here: prioritized replay on a sum-tree (--prioritized) and n-step returns (
 """
 
 from collections import deque
+from typing import NamedTuple
 
 import numpy as np
 
-FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "discount")
+
+class Batch(NamedTuple):
+    """Sampled transitions, each field of shape `shape` (+ the observation's shape for obs)."""
+    obs: np.ndarray
+    action: np.ndarray
+    reward: np.ndarray  # the n-step return with --n-step
+    next_obs: np.ndarray
+    terminated: np.ndarray  # 1.0 only at a true termination: no bootstrap from next_obs
+    discount: np.ndarray  # gamma**k for a transition that sums k rewards
+    weight: np.ndarray | None = None  # importance weights (prioritized replay)
+    index: np.ndarray | None = None  # where each transition is stored (to update its priority)
+
+
+FIELDS = Batch._fields[:6]  # what every transition stores
 
 
 class ReplayBuffer:
@@ -46,10 +60,13 @@ class ReplayBuffer:
         self.next = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...]) -> dict[str, np.ndarray]:
+    def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...]) -> Batch:
         """Uniformly sample transitions (with replacement); `shape` may be (updates, batch)."""
-        idx = rng.integers(0, self.size, size=shape)
-        return {name: getattr(self, name)[idx] for name in FIELDS}
+        return self.gather(rng.integers(0, self.size, size=shape))
+
+    def gather(self, slots: np.ndarray, **extra) -> Batch:
+        """The transitions stored at `slots`, plus `extra` fields (weight, index)."""
+        return Batch(*(getattr(self, name)[slots] for name in FIELDS), **extra)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The contents and the write position, for a checkpoint (run.py's save_checkpoint)."""
@@ -145,7 +162,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         return self.tree.get(index)
 
     def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...],
-               beta: float = 1.0) -> dict[str, np.ndarray]:
+               beta: float = 1.0) -> Batch:
         """Sample in proportion to priority, stratified: each minibatch of B takes one transition
         from each of B equal slices of the total priority mass. Adds the importance `weight`
         of each transition and its `index` (for update_priorities)."""
@@ -159,8 +176,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         prob = self.tree.get(idx) / self.tree.total()
         weight = (self.size * prob) ** -beta
         weight /= weight.max(axis=-1, keepdims=True)  # scale so the largest weight of a minibatch is 1
-        out = {name: getattr(self, name)[idx] for name in FIELDS}
-        return {**out, "weight": weight.astype(np.float32), "index": idx}
+        return self.gather(idx, weight=weight.astype(np.float32), index=idx)
 
     def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
         self.write_new_priorities()  # first, so that these TD errors overwrite them

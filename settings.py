@@ -32,9 +32,18 @@ PRESETS = {
 
 
 def make_parser() -> Parser:
-    p = Parser(description="Deep Q-learning on a Gymnasium env (default MountainCar-v0).",
+    """run.py's command line: one function per group of flags, in the order --help shows them."""
+    p = Parser(prog="run.py", description="Deep Q-learning on a Gymnasium env (default MountainCar-v0).",
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run = p.add_argument_group("run")
+    add_run_flags(p.add_argument_group("run"))
+    add_network_flags(p.add_argument_group("Q-network and optimiser"))
+    add_dqn_flags(p.add_argument_group("DQN"))
+    add_evaluation_flags(p.add_argument_group("evaluation, logging and snapshots"))
+    add_play_flags(p.add_argument_group("playing a saved model"))
+    return p
+
+
+def add_run_flags(run) -> None:
     run.add_argument("--env", default="MountainCar-v0",
                      help=f"Gymnasium env id with a Box observation and Discrete actions; {', '.join(PRESETS)} "
                           "bring their own tuned defaults (see them with --env ID --help)")
@@ -48,7 +57,8 @@ def make_parser() -> Parser:
     run.add_argument("--threads", type=int, default=1,
                      help="TensorFlow threads; the network is tiny, so more threads mostly add overhead")
 
-    net = p.add_argument_group("Q-network and optimiser")
+
+def add_network_flags(net) -> None:
     net.add_argument("--units", type=int, default=128, help="width of each of the two hidden ReLU layers")
     net.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (at the start)")
     net.add_argument("--lr-end", type=float, default=2e-4,
@@ -57,7 +67,8 @@ def make_parser() -> Parser:
     net.add_argument("--loss", choices=["mse", "huber"], default="mse",
                      help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
 
-    dqn = p.add_argument_group("DQN")
+
+def add_dqn_flags(dqn) -> None:
     dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
     dqn.add_argument("--buffer-size", type=int, default=50_000, help="replay capacity in transitions")
     dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
@@ -74,10 +85,10 @@ def make_parser() -> Parser:
     dqn.add_argument("--n-step", type=int, default=1,
                      help="learn from n-step returns r_t + g r_t+1 + ... + g^n max Q(s_t+n): rewards travel "
                           "back n steps per update instead of one (Sutton 1988; part of Rainbow)")
-    dqn.add_argument("--double", action="store_true",
+    dqn.add_argument("--double", action=argparse.BooleanOptionalAction, default=False,
                      help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
                           "the target network evaluates it, which curbs the overestimation of max")
-    dqn.add_argument("--prioritized", action="store_true",
+    dqn.add_argument("--prioritized", action=argparse.BooleanOptionalAction, default=False,
                      help="prioritized replay (Schaul et al. 2016): sample transitions in proportion to "
                           "(|TD error| + eps)^alpha, and correct the bias with importance weights")
     dqn.add_argument("--per-alpha", type=float, default=0.6,
@@ -98,7 +109,8 @@ def make_parser() -> Parser:
     dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
                      help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
 
-    ev = p.add_argument_group("evaluation, logging and snapshots")
+
+def add_evaluation_flags(ev) -> None:
     ev.add_argument("--eval-every", type=int, default=5_000, help="env steps between evaluations (0: never)")
     ev.add_argument("--eval-episodes", type=int, default=50,
                     help="greedy episodes per periodic evaluation (--keep-best picks by it: fewer is noisier)")
@@ -111,14 +123,14 @@ def make_parser() -> Parser:
                     help="env steps between snapshots: a step_N.keras file and the checkpoint --resume starts from")
     ev.add_argument("--log-every", type=int, default=2_000, help="env steps between log lines")
 
-    play = p.add_argument_group("playing a saved model")
+
+def add_play_flags(play) -> None:
     play.add_argument("--model", default=None, help="a snapshot (.keras or .h5) to play instead of training")
     play.add_argument("--view", action="store_true", help="show the episodes in a window")
     play.add_argument("--eval", action="store_true", help="greedy evaluation; prints mean ± std and 'solved'")
     play.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR")
     play.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF")
     play.add_argument("--episodes", type=int, default=None, help="episodes to play (default: 100 with --eval, else 3)")
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

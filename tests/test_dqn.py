@@ -1,21 +1,28 @@
 """The algorithm's pieces on small hand-made inputs, in process."""
 
+from pathlib import Path
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import run
-from replay_buffer import ReplayBuffer
+from networks import Dueling, Policy, create_model
+from replay_buffer import Batch, ReplayBuffer
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
 def model():
-    run.keras.utils.set_random_seed(0)
-    return run.create_model(obs_dim=2, n_actions=3, units=16, lr=1e-2, clip_norm=10.0)
+    keras.utils.set_random_seed(0)
+    return create_model(obs_dim=2, n_actions=3, units=16, lr=1e-2, clip_norm=10.0)
 
 
-def constant_q_model(values, lr: float = 1e-3) -> "run.keras.Model":
+def constant_q_model(values, lr: float = 1e-3) -> keras.Model:
     """A Q-network whose Q(s, .) is `values` for every state: zero weights, output bias = values."""
-    m = run.create_model(2, len(values), 4, lr, 10.0)
+    m = create_model(2, len(values), 4, lr, 10.0)
     m.set_weights([np.zeros_like(w) for w in m.get_weights()[:-1]] + [np.array(values, np.float32)])
     return m
 
@@ -41,8 +48,10 @@ def test_action_mask_selects_q_values(model):
 def test_numpy_forward_matches_keras(model):
     obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     keras_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
-    np.testing.assert_allclose(run.q_values(run.numpy_weights(model), obs), keras_q, rtol=1e-5, atol=1e-6)
-    assert run.greedy_action(run.numpy_weights(model), obs[0]) == int(np.argmax(keras_q[0]))
+    policy = Policy(model)
+    assert policy.dense  # the numpy forward pass, not the compiled fallback
+    np.testing.assert_allclose(policy.q_values(obs), keras_q, rtol=1e-5, atol=1e-6)
+    assert policy.greedy(obs[0]) == int(np.argmax(keras_q[0]))
 
 
 def test_bellman_target_bootstraps_through_truncation_not_termination():
@@ -69,12 +78,12 @@ def test_fit_batch_moves_only_the_taken_action_toward_its_target():
     model.set_weights([w + 0.01 for w in model.get_weights()])  # break the symmetry of zero weights
     fit = run.make_fit_batch(model, target)
     obs = np.ones((4, 8, 2), np.float32)
-    batch = dict(obs=obs, action=np.ones((4, 8), np.int32), reward=np.full((4, 8), 2.0, np.float32),
-                 next_obs=obs, terminated=np.zeros((4, 8), np.float32),
-                 discount=np.full((4, 8), 0.5, np.float32))  # y = 2 + 0.5 * 1 = 2.5
-    before = run.q_values(run.numpy_weights(model), obs[0, :1])[0]
-    losses = [float(fit(**batch)[0]) for _ in range(60)]
-    after = run.q_values(run.numpy_weights(model), obs[0, :1])[0]
+    batch = Batch(obs=obs, action=np.ones((4, 8), np.int32), reward=np.full((4, 8), 2.0, np.float32),
+                  next_obs=obs, terminated=np.zeros((4, 8), np.float32),
+                  discount=np.full((4, 8), 0.5, np.float32))  # y = 2 + 0.5 * 1 = 2.5
+    before = Policy(model).q_values(obs[0, :1])[0]
+    losses = [float(fit(batch)[0]) for _ in range(60)]
+    after = Policy(model).q_values(obs[0, :1])[0]
     assert losses[-1] < 0.01 * losses[0]
     assert after[1] == pytest.approx(2.5, abs=0.05)
     # the untaken actions share only the hidden layers, so they move much less
@@ -82,11 +91,15 @@ def test_fit_batch_moves_only_the_taken_action_toward_its_target():
 
 
 def test_fit_batch_returns_the_updated_weights(model):
-    target = run.create_model(2, 3, 16, 1e-2, 10.0)
+    target = create_model(2, 3, 16, 1e-2, 10.0)
     buf, rng = random_replay(100)
-    _, _, weights = run.make_fit_batch(model, target)(**buf.sample(rng, (2, 16)))
-    for returned, current in zip(weights, run.numpy_weights(model), strict=True):
+    _, _, weights = run.make_fit_batch(model, target)(buf.sample(rng, (2, 16)))
+    for returned, current in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(returned.numpy(), current)
+    policy = Policy(model)
+    policy.refresh(weights)  # what the training loop does after each call
+    obs = buf.obs[:10]
+    np.testing.assert_allclose(policy.q_values(obs), model([obs, np.ones((10, 3), np.float32)]), rtol=1e-5, atol=1e-6)
 
 
 def test_epsilon_schedule():
@@ -99,10 +112,10 @@ def test_epsilon_schedule():
 
 
 def test_epsilon_greedy_action(model):
-    weights, obs, rng = run.numpy_weights(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
-    greedy = run.greedy_action(weights, obs)
-    assert all(run.epsilon_greedy_action(weights, obs, 0.0, rng, 3) == greedy for _ in range(100))
-    counts = np.bincount([run.epsilon_greedy_action(weights, obs, 1.0, rng, 3) for _ in range(3000)], minlength=3)
+    policy, obs, rng = Policy(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
+    greedy = policy.greedy(obs)
+    assert all(policy.epsilon_greedy(obs, 0.0, rng) == greedy for _ in range(100))
+    counts = np.bincount([policy.epsilon_greedy(obs, 1.0, rng) for _ in range(3000)], minlength=3)
     assert counts.min() > 900  # uniform over the 3 actions
 
 
@@ -112,39 +125,40 @@ def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
     expected = model([obs, ones]).numpy()
     for name in ("q.keras", "q.h5"):
         model.save(tmp_path / name)
-        loaded = run.keras.models.load_model(tmp_path / name, compile=False)
+        loaded = keras.models.load_model(tmp_path / name, compile=False)
         np.testing.assert_array_equal(loaded([obs, ones]).numpy(), expected)
 
 
 def test_checkpoint_round_trip(tmp_path, model):
-    target = run.create_model(2, 3, 16, 1e-2, 10.0)
+    target = create_model(2, 3, 16, 1e-2, 10.0)
     replay, rng = random_replay(60, capacity=50)
-    run.make_fit_batch(model, target)(**replay.sample(rng, (3, 8)))  # gives Adam some state
-    st = dict(step=60, episode=0, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0, evals=[[50, -200.0]],
-              first_solved_step=None, first_solved_seconds=None, best_eval_step=50, best_eval_mean=-200.0)
-    best = [w + 1 for w in run.numpy_weights(model)]
-    run.save_checkpoint(tmp_path, model, target, replay, rng, st, replay.obs[:5], best)
+    run.make_fit_batch(model, target)(replay.sample(rng, (3, 8)))  # gives Adam some state
+    progress = run.Progress(step=60, episode=1, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0,
+                            evals=[[50, -200.0]], best_eval_step=50, best_eval_mean=-200.0)
+    best = [w + 1 for w in model.get_weights()]
+    state = run.TrainingState(model, target, replay, rng, progress, replay.obs[:5], best)
+    run.save_checkpoint(tmp_path, state)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # one file, no temporary left
 
-    model2, target2 = run.create_model(2, 3, 16, 1e-2, 10.0), run.create_model(2, 3, 16, 1e-2, 10.0)
-    replay2, rng2 = ReplayBuffer(50, (2,)), np.random.default_rng(99)
-    st2, val, best2 = run.load_checkpoint(tmp_path, model2, target2, replay2, rng2)
-    assert st2 == st and rng2.random() == rng.random()
-    np.testing.assert_array_equal(val, replay.obs[:5])
-    for a, b in zip(best2, best, strict=True):
+    loaded = run.TrainingState(create_model(2, 3, 16, 1e-2, 10.0), create_model(2, 3, 16, 1e-2, 10.0),
+                               ReplayBuffer(50, (2,)), np.random.default_rng(99), run.Progress())
+    run.load_checkpoint(tmp_path, loaded)
+    assert loaded.progress == progress and loaded.rng.random() == rng.random()
+    np.testing.assert_array_equal(loaded.validation_obs, replay.obs[:5])
+    for a, b in zip(loaded.best_weights, best, strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(replay2.obs, replay.obs)
-    restored, saved = model2.get_weights() + target2.get_weights(), model.get_weights() + target.get_weights()
-    for a, b in zip(restored, saved, strict=True):
+    np.testing.assert_array_equal(loaded.replay.obs, replay.obs)
+    restored = loaded.model.get_weights() + loaded.target.get_weights()
+    for a, b in zip(restored, model.get_weights() + target.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert int(model2.optimizer.iterations) == int(model.optimizer.iterations) == 3
-    for a, b in zip(model2.optimizer.variables, model.optimizer.variables, strict=True):
+    assert int(loaded.model.optimizer.iterations) == int(model.optimizer.iterations) == 3
+    for a, b in zip(loaded.model.optimizer.variables, model.optimizer.variables, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # and the restored optimizer takes the same next step as the original
     batch = replay.sample(np.random.default_rng(5), (1, 8))
-    run.make_fit_batch(model, target)(**batch)
-    run.make_fit_batch(model2, target2)(**batch)
-    for a, b in zip(model2.get_weights(), model.get_weights(), strict=True):
+    run.make_fit_batch(model, target)(batch)
+    run.make_fit_batch(loaded.model, loaded.target)(batch)
+    for a, b in zip(loaded.model.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
@@ -160,24 +174,24 @@ def test_double_dqn_target_lets_the_online_net_choose_and_the_target_net_value()
 
 def test_update_target_is_polyak_averaging_and_a_copy_at_tau_1():
     online, target = constant_q_model([1.0, 2.0, 3.0]), constant_q_model([0.0, 0.0, 0.0])
-    before = [w.copy() for w in run.numpy_weights(target)]
+    before = target.get_weights()
     run.update_target(target, online, tau=0.1)
-    for t, b, o in zip(run.numpy_weights(target), before, run.numpy_weights(online), strict=True):
+    for t, b, o in zip(target.get_weights(), before, online.get_weights(), strict=True):
         np.testing.assert_allclose(t, 0.1 * o + 0.9 * b, rtol=1e-6)
-    np.testing.assert_allclose(run.numpy_weights(target)[-1], [0.1, 0.2, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(target.get_weights()[-1], [0.1, 0.2, 0.3], rtol=1e-6)
     run.update_target(target, online)  # the default tau = 1: the hard copy
-    for t, o in zip(run.numpy_weights(target), run.numpy_weights(online), strict=True):
+    for t, o in zip(target.get_weights(), online.get_weights(), strict=True):
         np.testing.assert_array_equal(t, o)
 
 
 def test_fit_batch_with_tau_moves_the_target_every_gradient_step(model):
-    target = run.create_model(2, 3, 16, 1e-2, 10.0)
+    target = create_model(2, 3, 16, 1e-2, 10.0)
     buf, rng = random_replay(100)
-    start = run.numpy_weights(target)
-    run.make_fit_batch(model, target, tau=1.0)(**buf.sample(rng, (3, 16)))
-    for t, o in zip(run.numpy_weights(target), run.numpy_weights(model), strict=True):
+    start = target.get_weights()
+    run.make_fit_batch(model, target, tau=1.0)(buf.sample(rng, (3, 16)))
+    for t, o in zip(target.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(t, o)  # tau = 1 is a hard copy after every step
-    assert not np.array_equal(start[0], run.numpy_weights(target)[0])
+    assert not np.array_equal(start[0], target.get_weights()[0])
 
 
 def test_exponential_epsilon_schedule():
@@ -190,16 +204,16 @@ def test_exponential_epsilon_schedule():
 def test_dueling_aggregation_by_hand(mode, expected):
     value, advantage = np.array([[2.0]], np.float32), np.array([[1.0, 3.0, 5.0]], np.float32)
     # avg: 2 + A - 3;  max: 2 + A - 5
-    np.testing.assert_allclose(run.Dueling(mode)([value, advantage]).numpy(), expected)
+    np.testing.assert_allclose(Dueling(mode)([value, advantage]).numpy(), expected)
 
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
 def test_dueling_network_numpy_forward_mask_and_snapshots(tmp_path, mode):
-    run.keras.utils.set_random_seed(0)
-    model = run.create_model(2, 3, 16, 1e-2, 10.0, dueling=mode)
+    keras.utils.set_random_seed(0)
+    model = create_model(2, 3, 16, 1e-2, 10.0, dueling=mode)
     obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     all_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
-    np.testing.assert_allclose(run.q_values(run.numpy_weights(model), obs, mode), all_q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Policy(model).q_values(obs), all_q, rtol=1e-5, atol=1e-6)
     one_hot = np.eye(3, dtype=np.float32)[np.arange(50) % 3]  # the mask still picks one action's Q
     np.testing.assert_allclose(model([obs, one_hot]).numpy(), all_q * one_hot, rtol=1e-6)
     value, advantage = head_output(model, obs, "value"), head_output(model, obs, "advantage")
@@ -208,22 +222,22 @@ def test_dueling_network_numpy_forward_mask_and_snapshots(tmp_path, mode):
     np.testing.assert_allclose(all_q, expected, rtol=1e-5, atol=1e-6)
     for name in ("q.keras", "q.h5"):
         model.save(tmp_path / name)
-        loaded = run.keras.models.load_model(tmp_path / name, compile=False)
-        assert run.dueling_mode(loaded) == mode
+        loaded = keras.models.load_model(tmp_path / name, compile=False)
+        assert Policy(loaded).dueling == mode and Policy(loaded).dense
         np.testing.assert_array_equal(loaded([obs, np.ones((50, 3), np.float32)]).numpy(), all_q)
 
 
 def head_output(model, obs, head: str) -> np.ndarray:
     """The output of the dueling network's `value` or `advantage` layer for `obs`."""
-    return run.keras.Model(model.inputs[0], model.get_layer(head).output)(obs).numpy()
+    return keras.Model(model.inputs[0], model.get_layer(head).output)(obs).numpy()
 
 
 def test_huber_gradient_is_mse_near_zero_and_clipped_beyond_one():
     def grad(loss: str, error: float) -> float:
-        fn = run.create_model(2, 1, 4, 1e-3, 10.0, loss=loss).loss
-        q = run.tf.Variable([[0.0]])
-        with run.tf.GradientTape() as tape:
-            value = fn(run.tf.constant([[error]]), q)
+        fn = create_model(2, 1, 4, 1e-3, 10.0, loss=loss).loss
+        q = tf.Variable([[0.0]])
+        with tf.GradientTape() as tape:
+            value = fn(tf.constant([[error]]), q)
         return float(tape.gradient(value, q)[0, 0])
 
     assert grad("mse", 0.5) == pytest.approx(-1.0) and grad("huber", 0.5) == pytest.approx(-0.5)
@@ -235,9 +249,10 @@ def test_fit_batch_scales_each_transition_by_its_importance_weight():
     def moved(weight) -> np.ndarray:
         model, target = constant_q_model([0.0, 0.0], lr=0.01), constant_q_model([0.0, 0.0])
         obs = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)  # two transitions, different states
-        batch = dict(obs=obs, action=np.array([[0, 1]], np.int32), reward=np.array([[1.0, 1.0]], np.float32),
-                     next_obs=obs, terminated=np.ones((1, 2), np.float32), discount=np.full((1, 2), 0.9, np.float32))
-        _, td, _ = run.make_fit_batch(model, target)(**batch, weight=np.array([weight], np.float32))
+        batch = Batch(obs=obs, action=np.array([[0, 1]], np.int32), reward=np.array([[1.0, 1.0]], np.float32),
+                      next_obs=obs, terminated=np.ones((1, 2), np.float32), discount=np.full((1, 2), 0.9, np.float32),
+                      weight=np.array([weight], np.float32))
+        _, td, _ = run.make_fit_batch(model, target)(batch)
         np.testing.assert_allclose(td.numpy(), [[1.0, 1.0]])  # |y - Q| = |1 - 0| per transition
         return model.get_weights()[-1]  # the output biases of actions 0 and 1
 
@@ -245,3 +260,16 @@ def test_fit_batch_scales_each_transition_by_its_importance_weight():
     assert bias[0] > 0 and bias[1] == 0
     bias = moved([1.0, 1.0])
     assert bias[0] > 0 and bias[1] > 0
+
+
+def test_policy_calls_other_networks_through_one_compiled_function():
+    """A snapshot written before the layers were named (tests/fixtures, from the base of issue 9)
+    has no hidden_0/q layers: the policy then calls the network itself, with the same answers."""
+    old = keras.models.load_model(FIXTURES / "before-issue-9" / "step_1408.keras", compile=False)
+    assert [layer.name for layer in old.layers if "dense" in layer.name] == ["dense", "dense_1", "dense_2"]
+    policy = Policy(old)
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(20, 2)).astype(np.float32)
+    expected = old([obs, np.ones((20, 3), np.float32)]).numpy()
+    assert not policy.dense
+    np.testing.assert_allclose(policy.q_values(obs), expected, rtol=1e-6)
+    assert [policy.greedy(o) for o in obs] == list(expected.argmax(axis=1))

@@ -22,11 +22,11 @@ def test_sample_shape_and_only_valid_transitions():
     buf = ReplayBuffer(100, (2,))
     fill(buf, 10)
     batch = buf.sample(np.random.default_rng(0), (4, 32))
-    assert batch["obs"].shape == (4, 32, 2) and batch["action"].shape == (4, 32)
-    assert set(batch["obs"][..., 0].ravel()) <= set(range(10))  # never the 90 empty slots
+    assert batch.obs.shape == (4, 32, 2) and batch.action.shape == (4, 32)
+    assert set(batch.obs[..., 0].ravel()) <= set(range(10))  # never the 90 empty slots
     # the fields of one sample belong to the same transition
-    np.testing.assert_array_equal(batch["next_obs"][..., 0], batch["obs"][..., 0] + 1)
-    np.testing.assert_array_equal(batch["reward"], -batch["obs"][..., 0])
+    np.testing.assert_array_equal(batch.next_obs[..., 0], batch.obs[..., 0] + 1)
+    np.testing.assert_array_equal(batch.reward, -batch.obs[..., 0])
 
 
 def test_sampling_is_uniform():
@@ -34,7 +34,7 @@ def test_sampling_is_uniform():
     fill_values = np.arange(10)
     for v in fill_values:
         buf.add([v], 0, 0.0, [v], False, 0.99)
-    counts = np.bincount(buf.sample(np.random.default_rng(1), 100_000)["obs"][:, 0].astype(int), minlength=10)
+    counts = np.bincount(buf.sample(np.random.default_rng(1), 100_000).obs[:, 0].astype(int), minlength=10)
     assert counts.min() > 9_500 and counts.max() < 10_500
 
 
@@ -124,13 +124,13 @@ def test_prioritized_sampling_follows_priorities_and_weights_undo_it():
         buf.add([v], 0, 0.0, [v], False, 0.99)
     buf.update_priorities(np.arange(4), np.array([1.0, 4.0, 9.0, 16.0]))  # p = |td|^0.5 = 1, 2, 3, 4
     batch = buf.sample(np.random.default_rng(0), (5000, 20), beta=0.5)
-    counts = np.bincount(batch["obs"][..., 0].astype(int).ravel(), minlength=4)
+    counts = np.bincount(batch.obs[..., 0].astype(int).ravel(), minlength=4)
     np.testing.assert_allclose(counts / counts.sum(), [0.1, 0.2, 0.3, 0.4], atol=0.005)
     # w_i = (N P(i))^-beta / max w: P = 0.1..0.4, N = 4, beta = 0.5
     w = (4 * np.array([0.1, 0.2, 0.3, 0.4])) ** -0.5
-    i = batch["index"]
-    assert np.all(batch["obs"][..., 0] == i)
-    np.testing.assert_allclose(batch["weight"], (w / w.max())[i], rtol=1e-5)  # every minibatch holds item 0
+    i = batch.index
+    assert np.all(batch.obs[..., 0] == i)
+    np.testing.assert_allclose(batch.weight, (w / w.max())[i], rtol=1e-5)  # every minibatch holds item 0
 
 
 def test_new_transitions_get_the_largest_priority_so_far():

@@ -1,0 +1,142 @@
+"""The Q-network and the policy that acts with it.
+
+`create_model` builds Q(s, .) with the action-mask input; `load_model` reads a snapshot back;
+`Policy` turns a Q-network into actions (greedy or epsilon-greedy) as fast as the network
+allows: a numpy copy of the weights for the dense networks built here, one compiled call
+for any other network.
+"""
+
+from pathlib import Path
+
+import gymnasium as gym
+import keras
+import numpy as np
+import tensorflow as tf
+
+from settings import fail
+
+
+@keras.saving.register_keras_serializable(package="dqn")
+class Dueling(keras.layers.Layer):
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), or - max_a' A(s, a') (Wang et al. 2016).
+
+    Subtracting the mean (or max) advantage makes V and A identifiable: without it any
+    constant could move between them. The max form makes A(s, greedy a) = 0, so V(s) is
+    the greedy action's value; the mean form is what the paper found more stable.
+    """
+
+    def __init__(self, mode: str = "avg", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, inputs):
+        value, advantage = inputs
+        reduce = keras.ops.mean if self.mode == "avg" else keras.ops.max
+        return value + advantage - reduce(advantage, axis=1, keepdims=True)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+HIDDEN_LAYERS = 2
+
+
+def create_model(obs_dim: int, n_actions: int, units: int, lr, clip_norm: float,
+                 loss: str = "mse", dueling: str = "none") -> keras.Model:
+    """Q(s, .) for all actions, multiplied by an action mask.
+
+    With an all-ones mask one forward pass gives every action's Q-value (for acting and
+    for the target); with a one-hot mask it gives only the taken action's, which is what the
+    loss compares with its target. With `dueling` avg or max the last layer is split into a
+    value head and an advantage head (the mask applies after them). The layers are named
+    (hidden_0, hidden_1, q or value/advantage/dueling) so that `Policy` can find them.
+    """
+    obs = keras.Input((obs_dim,), name="obs")
+    mask = keras.Input((n_actions,), name="action_mask")
+    h = obs
+    for i in range(HIDDEN_LAYERS):
+        h = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(h)
+    if dueling == "none":
+        q = keras.layers.Dense(n_actions, name="q")(h)
+    else:
+        value, advantage = keras.layers.Dense(1, name="value")(h), keras.layers.Dense(n_actions, name="advantage")(h)
+        q = Dueling(dueling, name="dueling")([value, advantage])
+    model = keras.Model([obs, mask], keras.layers.Multiply(name="masked_q")([q, mask]))
+    # A loss object, not the string "mse": .h5 files of models compiled with "mse" do not load back.
+    model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm),
+                  loss=keras.losses.Huber() if loss == "huber" else keras.losses.MeanSquaredError())
+    return model
+
+
+def load_model(path: str, env: gym.Env) -> keras.Model:
+    """Load a .keras or .h5 snapshot and check it fits `env`, or fail with one line."""
+    if not Path(path).is_file():
+        fail(f"no model file at {path}; pass a snapshot such as runs/<name>/final.keras")
+    try:
+        model = keras.models.load_model(path, compile=False)  # playing needs no optimizer
+    except Exception as e:  # noqa: BLE001 - any reason a file is not a model gets the same answer
+        fail(f"{path} is not a loadable Keras model ({type(e).__name__}); pass a .keras or .h5 snapshot")
+    obs_dim, n_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
+    shapes = [tuple(t.shape) for t in model.inputs]
+    if shapes != [(None, obs_dim), (None, n_actions)] or model.output_shape != (None, n_actions):
+        fail(f"{path} has inputs {shapes} and output {model.output_shape}, but {env.spec.id} has "
+             f"{obs_dim} observations and {n_actions} actions; pass the --env it was trained on")
+    return model
+
+
+# Acting calls the network once per env step. A Keras call costs ~1 ms and model.predict
+# ~50 ms, the env step ~7 us, so a dense network acts from a numpy copy of its weights
+# (a few us), refreshed after each training call.
+
+
+class Policy:
+    """Greedy and epsilon-greedy actions from a Q-network (all-ones mask).
+
+    For the networks `create_model` builds, the forward pass runs in numpy on a copy of the
+    weights, with the layers found by name; any other network (an older snapshot, a conv
+    net) is called through one compiled TensorFlow function instead.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.n_actions = int(model.output_shape[-1])
+        names = {layer.name for layer in model.layers}
+        self.hidden = [f"hidden_{i}" for i in range(HIDDEN_LAYERS)]
+        heads = {"q"} if "q" in names else {"value", "advantage", "dueling"}
+        self.dense = (set(self.hidden) | heads).issubset(names) and all(
+            model.get_layer(name).activation is keras.activations.relu for name in self.hidden)
+        self.dueling = model.get_layer("dueling").mode if "dueling" in names else "none"
+        # Where each variable sits in model.trainable_variables, the order the update returns them in.
+        self.paths = [v.path for v in model.trainable_variables]
+        self.compiled = None if self.dense else tf.function(self._keras_q_values, reduce_retracing=True)
+        self.refresh()
+
+    def refresh(self, values: list | None = None) -> None:
+        """Copy the current weights (or these values of model.trainable_variables) for acting."""
+        values = self.model.trainable_variables if values is None else values
+        self.weights = {path: np.asarray(v) for path, v in zip(self.paths, values, strict=True)}
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q(s, a) for a batch of observations, every action."""
+        if not self.dense:
+            return self.compiled(tf.convert_to_tensor(obs, tf.float32)).numpy()
+        w = self.weights
+        h = obs
+        for name in self.hidden:
+            h = np.maximum(h @ w[f"{name}/kernel"] + w[f"{name}/bias"], 0.0)
+        if self.dueling == "none":
+            return h @ w["q/kernel"] + w["q/bias"]
+        value, advantage = h @ w["value/kernel"] + w["value/bias"], h @ w["advantage/kernel"] + w["advantage/bias"]
+        reduce = np.mean if self.dueling == "avg" else np.max
+        return value + advantage - reduce(advantage, axis=1, keepdims=True)
+
+    def _keras_q_values(self, obs):
+        return self.model([obs, tf.ones((tf.shape(obs)[0], self.n_actions))])
+
+    def greedy(self, obs: np.ndarray) -> int:
+        return int(np.argmax(self.q_values(obs[None])[0]))
+
+    def epsilon_greedy(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
+        if rng.random() < epsilon:
+            return int(rng.integers(self.n_actions))
+        return self.greedy(obs)

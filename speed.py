@@ -1,0 +1,126 @@
+"""Speed and memory of run.py, each training a `python run.py` process (bench.run_trial).
+
+Throughput:  python speed.py --steps 20000
+    trains in the 2018 tutorial's regime (one gradient step on a batch of 64 per env step,
+    a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
+    In the same run, alternating with it: one compiled call per env step, and every DQN
+    variant switched on at once; then it times prioritized-replay sampling in process.
+Memory:      python speed.py --memory
+    peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
+    every 40 steps over 40,000 steps and every 100 over 120,000; last line: peak_rss_mb: X.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import run_trial
+from replay_buffer import PrioritizedReplayBuffer
+from settings import Parser, fail
+
+# The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
+# runs every 16 steps with 16 gradient steps per compiled call (same ratio, less overhead).
+# Every setting the speed depends on is pinned, so that a change of run.py's defaults does not
+# change what this measures.
+TUTORIAL_REGIME = ["--units", "32", "--batch-size", "64", "--train-freq", "16", "--gradient-steps", "16",
+                   "--learning-starts", "64", "--eval-every", "0", "--final-eval-episodes", "0",
+                   "--n-step", "1", "--no-double", "--no-prioritized", "--dueling", "none", "--loss", "mse"]
+ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.005", "--loss", "huber"]
+
+
+def memory(root: Path, flags: list[str]) -> None:
+    """Peak RSS of long runs that snapshot often: memory that each snapshot leaves behind adds up here."""
+    peaks = []
+    for steps, every in [(40_000, 40), (120_000, 100)]:
+        run_flags = ["--steps", str(steps), "--snapshot-every", str(every), "--final-eval-episodes", "0", *flags]
+        trial = dict(name=f"snapshot-every-{every}", config="memory", seed=0, flags=run_flags,
+                     run_dir=str((root / f"snapshot-every-{every}").resolve()))
+        s = run_trial(trial)
+        if s["status"] != "finished":
+            fail(f"the memory training {trial['name']} failed: {s['error']}")
+        peaks.append(s["peak_rss_mb"])
+        print(f"--snapshot-every {every} over {steps} steps ({steps // every} snapshots): peak RSS "
+              f"{s['peak_rss_mb']:.0f} MiB in {s['wall_seconds']:.0f} s")
+    print(f"peak_rss_mb: {max(peaks):.0f}")
+
+
+def throughput(root: Path, flags: list[str], repeats: int) -> None:
+    """Training steps/s of the batched update, against one call per env step and against all
+    variants on. One training at a time (parallel ones would compete for the cores), the three
+    alternating, so all see the same machine; medians of `repeats` runs."""
+    configs = {"batched (16 updates per call)": [],
+               "one call per env step": ["--train-freq", "1", "--gradient-steps", "1"],
+               "all variants on": ALL_VARIANTS}
+    sps = {name: [] for name in configs}
+    with_compile = []
+    for r in range(repeats):
+        for i, (name, extra) in enumerate(configs.items()):
+            trial = dict(name=f"c{i}-{r}", config=name, seed=0, flags=[*TUTORIAL_REGIME, *extra, *flags],
+                         run_dir=str((root / f"c{i}-{r}").resolve()))
+            s = run_trial(trial)
+            if s["status"] != "finished":
+                fail(f"the throughput training {trial['name']} failed: {s['error']}")
+            sps[name].append(s["steps_per_second"])
+            if i == 0:
+                with_compile.append(s["steps"] / s["train_seconds"])
+    med = {name: statistics.median(x) for name, x in sps.items()}
+    base = next(iter(med.values()))
+    for name, x in sps.items():
+        print(f"{name}: {', '.join(f'{v:.0f}' for v in x)} steps/s, median {med[name]:.0f} "
+              f"({med[name] / base:.2f}x the batched plain DQN)")
+    print(f"batched, including the one-time XLA compile: {statistics.median(with_compile):.0f} steps/s")
+    print(f"one batched gradient update (with its env step) takes {1e6 / base:.0f} us; prioritized replay of "
+          "100,000 items, per minibatch of 64:")
+    for shape, how in [(64, "one at a time"), ((16, 64), "16 at once, as run.py does")]:
+        sample_us, update_us = time_prioritized_sampling(shape)
+        print(f"  {how}: sampling {sample_us:.0f} us, updating priorities {update_us:.0f} us")
+    print(f"steps_per_second: {base:.0f}")
+
+
+def time_prioritized_sampling(shape: int | tuple[int, int], items: int = 100_000,
+                              calls: int = 1000) -> tuple[float, float]:
+    """Median microseconds per minibatch to sample `shape` (64, or (16, 64) as the training loop
+    does) from a full prioritized replay, and to update those priorities."""
+    rng = np.random.default_rng(0)
+    replay = PrioritizedReplayBuffer(items, (8,))  # LunarLander-sized observations
+    replay.size = items  # the contents do not matter for timing, only the priorities
+    replay.update_priorities(np.arange(items), rng.exponential(size=items))
+    minibatches = 1 if isinstance(shape, int) else shape[0]
+    sample, update = [], []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        b = replay.sample(rng, shape, beta=0.5)
+        t1 = time.perf_counter()
+        replay.update_priorities(b.index, rng.exponential(size=b.index.shape))
+        sample.append(t1 - t0)
+        update.append(time.perf_counter() - t1)
+    return statistics.median(sample) * 1e6 / minibatches, statistics.median(update) * 1e6 / minibatches
+
+
+def main() -> int:
+    p = Parser(prog="speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--memory", action="store_true", help="measure peak memory instead of throughput")
+    p.add_argument("--steps", type=int, default=None, help="run.py --steps of each throughput training")
+    p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
+    p.add_argument("--name", default=None, help="the trainings go to LOGDIR/NAME (default: a timestamp)")
+    p.add_argument("--logdir", default="bench", help="root folder for the trainings")
+    p.add_argument("flags", nargs="*", help="extra run.py flags for every training, after --")
+    a = p.parse_args()
+    if a.repeats < 1:
+        fail(f"--repeats must be at least 1, got {a.repeats}")
+    root = Path(a.logdir) / (a.name or time.strftime("speed-%Y%m%d-%H%M%S"))
+    if root.exists():
+        fail(f"{root} already exists; choose another --name")
+    if a.memory:
+        memory(root, a.flags)
+    else:
+        throughput(root, [*(["--steps", str(a.steps)] if a.steps else []), *a.flags], a.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
