@@ -123,12 +123,13 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
         for i in tf.range(g):
             mask = tf.one_hot(batch.action[i], n_actions)
             with tf.GradientTape() as tape:
-                # Masked prediction vs masked target: only the taken action's error counts.
-                q_taken = model([batch.obs[i], mask], training=True)
+                # The one-hot mask zeroes every other action, so the sum is the taken action's Q-value:
+                # the loss is the mean over the minibatch of (y - Q(s, a))^2 (or its Huber form).
+                q_taken = tf.reduce_sum(model([batch.obs[i], mask], training=True), axis=1)
                 # --prioritized: each transition's loss is scaled by its importance weight.
                 weight = None if batch.weight is None else batch.weight[i]
-                loss = model.loss(mask * y[i][:, None], q_taken, sample_weight=weight)
-            td_errors = td_errors.write(i, tf.abs(y[i] - tf.reduce_sum(q_taken, axis=1)))
+                loss = model.loss(y[i][:, None], q_taken[:, None], sample_weight=weight)
+            td_errors = td_errors.write(i, tf.abs(y[i] - q_taken))
             grads = tape.gradient(loss, model.trainable_variables)
             model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             if tau is not None:

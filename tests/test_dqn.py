@@ -273,3 +273,20 @@ def test_policy_calls_other_networks_through_one_compiled_function():
     assert not policy.dense
     np.testing.assert_allclose(policy.q_values(obs), expected, rtol=1e-6)
     assert [policy.greedy(o) for o in obs] == list(expected.argmax(axis=1))
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_loss_is_the_mean_td_loss_of_the_taken_actions(loss):
+    """Q = 0 everywhere, y = r (terminated): the reported loss is mean_i l(r_i), whatever the
+    number of actions, not that divided by the number of actions."""
+    model, target = constant_q_model([0.0, 0.0, 0.0, 0.0]), constant_q_model([0.0, 0.0, 0.0, 0.0])
+    model.compile(optimizer=keras.optimizers.Adam(1e-9), loss=keras.losses.Huber() if loss == "huber"
+                  else keras.losses.MeanSquaredError())
+    reward = np.array([[0.5, -2.0, 3.0]], np.float32)
+    batch = Batch(obs=np.zeros((1, 3, 2), np.float32), action=np.array([[0, 3, 1]], np.int32), reward=reward,
+                  next_obs=np.zeros((1, 3, 2), np.float32), terminated=np.ones((1, 3), np.float32),
+                  discount=np.full((1, 3), 0.99, np.float32))
+    mean_loss, td, _ = run.make_fit_batch(model, target)(batch)
+    per_transition = [0.25, 4.0, 9.0] if loss == "mse" else [0.125, 1.5, 2.5]  # Huber: e^2/2 up to 1, then |e| - 1/2
+    assert float(mean_loss) == pytest.approx(np.mean(per_transition), rel=1e-5)
+    np.testing.assert_allclose(td.numpy(), np.abs(reward), rtol=1e-6)
