@@ -25,10 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from settings import fail, parse_args
 from startup import load_tensorflow
 
 STARTED = time.time()  # wall-clock start, before the slow TensorFlow import
 if __name__ == "__main__":
+    parse_args()  # bad flags get their one-line error now, not after the seconds TensorFlow takes to load
     # Keras imports pandas whenever it is installed (Ray Tune, used by bench.py, brings it) only
     # to accept DataFrames, which we never pass. Marking it absent saves ~120 MB per training.
     sys.modules.setdefault("pandas", None)
@@ -46,7 +48,6 @@ from envs import make_env, play_env, run_episodes, show_episodes
 from loggers import Averages, TensorBoardLogger
 from networks import Policy, create_model, load_model
 from replay_buffer import Batch, NStep, PrioritizedReplayBuffer, ReplayBuffer
-from settings import fail, parse_args
 
 # --------------------------------------------------------------------------- exploration
 
@@ -60,6 +61,12 @@ def epsilon_at(step: int, start: float, end: float, anneal_steps: int, schedule:
     if anneal_steps == 0:
         return end
     return start + (end - start) * min(step / anneal_steps, 1.0)
+
+
+def make_epsilon_schedule(args: argparse.Namespace) -> Callable[[int], float]:
+    """epsilon_at with the run's settings: step -> epsilon."""
+    return functools.partial(epsilon_at, start=args.epsilon_start, end=args.epsilon_end,
+                             anneal_steps=args.epsilon_steps, schedule=args.epsilon_schedule, decay=args.epsilon_decay)
 
 
 # ---------------------------------------------------------------------------- learning
@@ -269,9 +276,12 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     if not resuming:  # the settings travel with the curves
         rows = "\n".join(f"| {k} | {v} |" for k, v in vars(args).items())
         log.text("settings", "| flag | value |\n|---|---|\n" + rows)
+    if resuming:
+        print(f"resuming {run_dir} at step {state.progress.step}: epsilon "
+              f"{make_epsilon_schedule(args)(state.progress.step):.3f}, {len(state.replay)} transitions in replay")
     obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
-    status = training_loop(args, state, env, obs, eval_env, run_dir, log, resuming)
+    status = training_loop(args, state, env, obs, eval_env, run_dir, log)
     final_returns, last_returns = finish(args, state, status, eval_env, run_dir, log)
     summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
                             env.spec.reward_threshold)
@@ -280,24 +290,18 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
 
 
 def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, obs: np.ndarray, eval_env: gym.Env,
-                  run_dir: Path, log: TensorBoardLogger, resuming: bool) -> str:
+                  run_dir: Path, log: TensorBoardLogger) -> str:
     """Act, store, learn, copy to the target; log, evaluate and snapshot; until the last step or
     Ctrl-C. Returns the status: finished, interrupted, diverged or bad_env_output."""
     p, replay, rng, policy = state.progress, state.replay, state.rng, Policy(state.model)
     fit_batch = make_fit_batch(state.model, state.target, args.double, args.tau)
     # Compiled, the hard copy costs ~0.3 ms instead of ~3 ms for target.set_weights(model.get_weights()).
     copy_to_target = tf.function(functools.partial(update_target, state.target, state.model))
-    n_step = NStep(args.n_step, args.gamma)
-    epsilon_schedule = functools.partial(epsilon_at, start=args.epsilon_start, end=args.epsilon_end,
-                                         anneal_steps=args.epsilon_steps, schedule=args.epsilon_schedule,
-                                         decay=args.epsilon_decay)
+    n_step, epsilon_schedule = NStep(args.n_step, args.gamma), make_epsilon_schedule(args)
     clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
     ep_return, ep_len, last_return = 0.0, 0, float("nan")
     with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1) as bar:
-        if resuming:
-            bar.write(f"resuming {run_dir} at step {p.step}: epsilon {epsilon_schedule(p.step):.3f}, "
-                      f"{len(replay)} transitions in replay")
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 p.step += 1
@@ -566,10 +570,17 @@ def resumable_run(run_dir: Path) -> argparse.Namespace:
     return saved
 
 
+def use_threads(n: int) -> None:
+    """TensorFlow's thread pools. They can only be set before its first operation: here, in a
+    fresh process; a process that set them already (the tests, training in process) keeps them."""
+    if tf.config.threading.get_intra_op_parallelism_threads() != n:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    use_threads(args.threads)
     if args.model:
         play(args)
         return 0

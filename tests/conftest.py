@@ -1,55 +1,82 @@
-"""Shared helpers: the repo on sys.path, headless rendering, and running the real scripts."""
+"""Shared helpers: the repo on sys.path, headless rendering, running the real scripts, and
+training in this process (run.main, as `python run.py` calls it, without a new TensorFlow import).
 
+`pytest -m "not slow"` is the quick loop while editing; the slow tests are those that need real
+processes killed or interrupted, an X server, a Ray cluster or a private filesystem.
+"""
+
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
+os.environ["SDL_VIDEODRIVER"] = "dummy"  # in-process playing renders without a screen (test_window.py has one)
 from startup import load_tensorflow  # noqa: E402
 
-load_tensorflow()  # as the scripts do, before any test imports Keras: the same defaults, no start-up noise
+tf = load_tensorflow()  # as the scripts do, before any test imports Keras: the same defaults, no start-up noise
+# One thread each, as run.py's --threads default: in-process trainings get the numerics of `python run.py`.
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def script(name: str, *args, cwd: Path, timeout: float = 300, env: dict | None = None,
            **popen) -> subprocess.CompletedProcess:
-    """Run one of the repo's scripts as a user would, in `cwd`, rendering without a screen (the
-    window itself is tested on a real X server in test_window.py). `env` adds variables to the
-    environment, or removes those given as None."""
+    """Run one of the repo's scripts as a user would, in `cwd`, rendering without a screen. `env`
+    adds variables to the environment, or removes those given as None."""
     full = {**os.environ, "SDL_VIDEODRIVER": "dummy", **(env or {})}
     full = {k: v for k, v in full.items() if v is not None}
     return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full, **popen)
 
 
+def run_main(*args) -> int:
+    """run.py's main in this process: its exit code (2 for a one-line error, which goes to stderr)."""
+    import run
+
+    try:
+        return run.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+# A short MountainCar training: 3000 steps with evaluations at 1000, 2000 and 3000 and a snapshot at 2000.
+SHORT = ["--steps", "3000", "--learning-starts", "500", "--eval-every", "1000", "--eval-episodes", "2",
+         "--final-eval-episodes", "3", "--snapshot-every", "2000"]
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One short real MountainCar training shared by the tests that need a run directory."""
-    cwd = tmp_path_factory.mktemp("trained")
-    r = script("run.py", "--steps", "3000", "--learning-starts", "500", "--eval-every", "1000",
-               "--eval-episodes", "2", "--final-eval-episodes", "3", "--snapshot-every", "2000",
-               "--name", "short", cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return cwd / "runs" / "short"
+    logdir = tmp_path_factory.mktemp("trained") / "runs"
+    assert run_main(*SHORT, "--logdir", logdir, "--name", "short") == 0
+    return logdir / "short"
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def checkpoint_state(run_dir: Path) -> dict:
     """The counters saved in a run's checkpoint.npz (its step, episodes, evaluations, ...)."""
-    import json
-
-    import numpy as np
-
     with np.load(run_dir / "checkpoint.npz") as saved:
         return json.loads(str(saved["state"]))
 
 
-def scalar_tags(run_dir: Path) -> set[str]:
-    """The tags of the scalars (stored as tensors by tf.summary) in a run's TensorBoard event files."""
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar (stored as a tensor by tf.summary) in a run's TensorBoard event files, as
+    TensorBoard's own reader gives them back: tag -> [(step, value), ...]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})  # 0: keep every point
     acc.Reload()
-    return set(acc.Tags()["tensors"])
+    values = {tag: [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+              for tag in acc.Tags()["tensors"]}
+    return {tag: [(step, float(v)) for step, v in points] for tag, points in values.items()
+            if points and points[0][1].dtype.kind == "f"}  # not the text table of settings

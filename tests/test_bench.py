@@ -39,7 +39,7 @@ def test_grid_expands_to_run_py_flags():
                        {"double": "1", "dueling": "none"}, {"double": "1", "dueling": "avg"}]
     assert bench.config_flags({"double": "1", "dueling": "avg", "lr": "1e-3"}) == ["--double", "--dueling", "avg",
                                                                                   "--lr", "1e-3"]
-    assert bench.config_flags({"double": "0", "keep-best": "0"}) == ["--no-keep-best"]
+    assert bench.config_flags({"double": "0", "keep-best": "0"}) == ["--no-double", "--no-keep-best"]
     assert bench.grid_configs([]) == [{}] and bench.config_label({}) == "default"
     assert bench.listed_configs(["default", "double=1", "double=1 n-step=3"]) == [
         {}, {"double": "1"}, {"double": "1", "n-step": "3"}]
@@ -50,28 +50,32 @@ def test_grid_expands_to_run_py_flags():
                                            (["--resume", "nothing"], "no bench.json"),
                                            (["--configs", "double=1", "double=1"], "twice"),
                                            (["--grid", "double=1,1"], "twice"),
-                                           (["--grid", "double=0,1", "--configs", "default"], "not both")])
+                                           (["--grid", "double=0,1", "--configs", "default"], "not both"),
+                                           (["--grid", "lr=1e-3,-1"], "--per-eps must be positive"),
+                                           (["--grid", "dueling=yes"], "invalid choice: 'yes'")])
 def test_bad_bench_input_is_one_line_exit_2(tmp_path, args, message):
     r = script("bench.py", *args, "--name", "x", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "bench" / "x").exists()
 
 
+@pytest.mark.slow
 def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
-    """2 configurations x 2 seeds on a real local Ray; one configuration has a bad value, so its
-    trials fail while the others finish; --resume then reruns only those."""
+    """2 configurations x 2 seeds on a real local Ray; one configuration's learning rate makes its
+    trials diverge while the others finish; --resume then reruns only those."""
     common = ["--env", "CartPole-v1", "--steps", "1500", "--", "--learning-starts", "500", "--eval-every", "500",
               "--eval-episodes", "2", "--final-eval-episodes", "3"]
-    r = script("bench.py", "--grid", "lr=1e-3,-1", "--seeds", "2", "--name", "g", *common, cwd=tmp_path, timeout=400)
+    r = script("bench.py", "--grid", "lr=1e-3,1e38", "--seeds", "2", "--name", "g", *common, cwd=tmp_path, timeout=400)
     assert r.returncode == 0, r.stderr
     root = tmp_path / "bench" / "g"
     rows = list(csv.DictReader(open(root / "results.csv")))
     assert [(row["config"], row["seed"], row["status"]) for row in rows] == [
-        ("lr=1e-3", "0", "finished"), ("lr=1e-3", "1", "finished"), ("lr=-1", "0", "failed"), ("lr=-1", "1", "failed")]
-    assert all("--lr" in row["error"] for row in rows[2:])  # run.py's own one-line error
+        ("lr=1e-3", "0", "finished"), ("lr=1e-3", "1", "finished"), ("lr=1e38", "0", "diverged"),
+        ("lr=1e38", "1", "diverged")]
+    assert all("non-finite" in row["error"] for row in rows[2:])  # run.py's own last line
     assert all(float(row["final_eval_mean"]) > 0 for row in rows[:2])
     table = (root / "table.md").read_text()
-    assert "| lr=1e-3 | 2 |" in table and "| lr=-1 | 2 (2 failed) |" in table and "IQM" in table
+    assert "| lr=1e-3 | 2 |" in table and "| lr=1e38 | 2 (2 failed) |" in table and "IQM" in table
     import imageio.v3 as iio
 
     assert iio.imread(root / "curves.png").ndim == 3  # a real PNG that decodes to pixels
@@ -88,6 +92,7 @@ def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
     assert len(list(csv.DictReader(open(root / "results.csv")))) == 4
 
 
+@pytest.mark.slow
 def test_resume_continues_a_trial_whose_training_was_killed(tmp_path):
     """kill -9 of a trial's run.py: the bench reports it failed, and --resume continues it from its
     last checkpoint instead of training it again from zero."""

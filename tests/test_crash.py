@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, checkpoint_state
 
+pytestmark = pytest.mark.slow
+
 # CartPole, a snapshot and a log line every 200 steps: many writes to land in, and at every
 # checkpoint a log line that shows the epsilon of that step.
 FLAGS = ["--env", "CartPole-v1", "--learning-starts", "200", "--snapshot-every", "200", "--log-every", "200",
@@ -93,12 +95,14 @@ def on_disk(run_dir) -> tuple[int, int] | None:
         return checkpoint_state(run_dir)["step"], len(saved["replay/action"])
 
 
-@pytest.mark.parametrize("chain", [0, 1])
-def test_random_kills_then_resume_lose_nothing(tmp_path, chain):
-    """10 kills at random instants per chain (two chains: 20 kills), each followed by --resume."""
-    rng, run_dir = random.Random(chain), tmp_path / "runs" / "k"
+KILLS = 6
+
+
+def test_random_kills_then_resume_lose_nothing(tmp_path):
+    """6 kills at random instants (a fixed random sequence), each followed by --resume."""
+    rng, run_dir = random.Random(0), tmp_path / "runs" / "k"
     last, epsilons, counts = None, {}, dict(kills=0, inside_a_write=0, resumes_verified=0, refusals=0)
-    for _ in range(10):
+    for _ in range(KILLS):
         if run_dir.exists() and last is None:  # killed before its first checkpoint: nothing to resume
             r = subprocess.run([sys.executable, str(ROOT / "run.py"), "--resume", str(run_dir)], cwd=tmp_path,
                                capture_output=True, text=True, timeout=120)
@@ -106,7 +110,7 @@ def test_random_kills_then_resume_lose_nothing(tmp_path, chain):
             assert r.returncode == 2 and len(lines) == 1 and "no complete checkpoint yet" in lines[0], r.stderr
             counts["refusals"] += 1
             shutil.rmtree(run_dir)  # and the user starts it again
-        process = Training(tmp_path, ["--resume", str(run_dir)] if run_dir.exists() else ["--steps", "40000", *FLAGS])
+        process = Training(tmp_path, ["--resume", str(run_dir)] if run_dir.exists() else ["--steps", "20000", *FLAGS])
         if rng.random() < 0.25:  # sometimes during start-up (TensorFlow import, loading the checkpoint)
             time.sleep(rng.uniform(0, 5))
         else:  # mostly while training: a random instant after the first checkpoint of this process
@@ -131,40 +135,44 @@ def test_random_kills_then_resume_lose_nothing(tmp_path, chain):
     assert check_resumed_where_it_stopped(final, last, epsilons)
     counts["resumes_verified"] += 1
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] == 40000 and not list(run_dir.glob(".tmp-*"))
-    print(f"chain {chain}: {counts}")
-    assert counts["kills"] == 10 and counts["resumes_verified"] >= 5
+    assert summary["status"] == "finished" and summary["steps"] == 20000 and not list(run_dir.glob(".tmp-*"))
+    print(counts)
+    assert counts["kills"] == KILLS and counts["resumes_verified"] >= 3
 
 
-@pytest.mark.parametrize("name, then", [
+# The files of a run's writes in the order they are written, each with what must hold while the
+# process is paused inside it (its temporary file complete, not yet renamed over the real one).
+WRITES = [
     ("step_600.keras", lambda run_dir: not (run_dir / "step_600.keras").exists()),
     ("checkpoint.npz", lambda run_dir: (run_dir / "step_600.keras").exists()),  # after the snapshot
     ("last.keras", lambda run_dir: not (run_dir / "last.keras").exists()),
     ("final.keras", lambda run_dir: (run_dir / "last.keras").exists() and not (run_dir / "final.keras").exists()),
     ("summary.json", lambda run_dir: (run_dir / "final.keras").exists() and not (run_dir / "summary.json").exists()),
-])
-def test_a_kill_inside_each_file_of_the_write_keeps_the_previous_complete_state(tmp_path, name, then):
-    """The process stops itself when the temporary file of `name` is complete but not renamed
-    (atomic.pause_for_tests); killed there, the real file is still the old one (or absent), and
-    --resume continues from the previous checkpoint and finishes the run."""
+]
+
+
+def test_a_kill_inside_each_file_of_the_write_keeps_the_previous_complete_state(tmp_path):
+    """For each file in turn, --resume stops itself when the temporary file of that one is complete
+    but not renamed (atomic.pause_for_tests) and is killed there: the real file is still the old one
+    (or absent), and the next --resume continues from the last complete checkpoint. The last one
+    finishes the run."""
     run_dir = tmp_path / "runs" / "k"
     first = Training(tmp_path, ["--steps", "1000", *FLAGS])
     first.wait_until(lambda: 400 in reported_checkpoints(first.output()))
     first.freeze_and_kill()
     first.kill()
-    assert checkpoint_state(run_dir)["step"] == 400
-
-    paused = Training(tmp_path, ["--resume", str(run_dir)], pause_before_rename=name)
-    paused.wait_until(paused.stopped)
-    assert paused.proc.poll() is None, paused.output()[-2000:]  # paused inside the write, not finished
-    assert (run_dir / f".tmp-{name}").is_file() and then(run_dir)
-    before = checkpoint_state(run_dir)["step"]
-    paused.kill()
-    assert checkpoint_state(run_dir)["step"] == before  # the checkpoint on disk is still complete
-
+    for name, then in WRITES:
+        before = checkpoint_state(run_dir)["step"]
+        paused = Training(tmp_path, ["--resume", str(run_dir)], pause_before_rename=name)
+        paused.wait_until(paused.stopped)
+        assert paused.proc.poll() is None, paused.output()[-2000:]  # paused inside the write, not finished
+        assert RESUMING.search(paused.output())[1] == str(before)
+        assert (run_dir / f".tmp-{name}").is_file() and then(run_dir), name
+        paused.kill()
+        on_disk_now = checkpoint_state(run_dir)["step"]  # readable: the checkpoint on disk is complete
+        assert on_disk_now == before if name == "checkpoint.npz" else on_disk_now >= before
     final = Training(tmp_path, ["--resume", str(run_dir)])
     assert final.proc.wait(timeout=300) == 0, final.output()[-3000:]
-    assert RESUMING.search(final.output())[1] == str(before)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 1000 and not list(run_dir.glob(".tmp-*"))
     import keras

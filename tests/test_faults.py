@@ -1,5 +1,5 @@
-"""Faults from outside: a full disk, a read-only or wrong --logdir, resume directories that
-cannot be continued, an env that returns NaN. Each gets one clear line (or a clean stop) and
+"""Faults from outside: a full disk, a read-only or wrong --logdir, an env that returns NaN
+(resume directories that cannot be continued are in test_run.py). Each gets one clear line (or a clean stop) and
 leaves no half-written file.
 
 The full and read-only disks are real: a small tmpfs mounted in a private mount namespace
@@ -15,7 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import ROOT, checkpoint_state, script
+from conftest import ROOT, checkpoint_state, run_main
 
 UNSHARE = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
 CAN_MOUNT = shutil.which("unshare") is not None and subprocess.run(
@@ -36,6 +36,7 @@ def in_small_filesystem(tmp_path, commands: str, options: str = "size=1m") -> su
     return subprocess.run([*UNSHARE, "sh", "-c", shell], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 @needs_mount
 def test_a_full_disk_stops_in_one_line_keeps_the_last_checkpoint_and_resume_continues(tmp_path):
     """1 MB fills up at the second or third snapshot; the run stops; after the disk grows,
@@ -67,6 +68,7 @@ def test_a_full_disk_stops_in_one_line_keeps_the_last_checkpoint_and_resume_cont
     assert json.loads((tmp_path / "out" / "resumed" / "summary.json").read_text())["steps"] == 4000
 
 
+@pytest.mark.slow
 @needs_mount
 def test_a_read_only_logdir_is_one_line(tmp_path):
     r = in_small_filesystem(tmp_path, "$PY $RUN --logdir ro/runs --steps 100", options="ro,size=1m")
@@ -75,64 +77,13 @@ def test_a_read_only_logdir_is_one_line(tmp_path):
     assert "pass a writable folder with --logdir" in lines[0]
 
 
-def test_a_logdir_that_is_a_file_is_one_line(tmp_path):
+def test_a_logdir_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "notes").write_text("not a folder")
-    r = script("run.py", "--logdir", "notes", "--steps", "100", cwd=tmp_path)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and "cannot create notes/" in lines[0], r.stderr
+    assert run_main("--logdir", "notes", "--steps", "100") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "cannot create notes/" in lines[0], lines
     assert (tmp_path / "notes").read_text() == "not a folder" and len(list(tmp_path.iterdir())) == 1
-
-
-@pytest.fixture(scope="module")
-def unfinished_run(tmp_path_factory):
-    """A run directory as a crash after its second checkpoint leaves it: no summary.json."""
-    cwd = tmp_path_factory.mktemp("unfinished")
-    r = script("run.py", "--steps", "1000", "--learning-starts", "200", "--eval-every", "0", "--snapshot-every", "500",
-               "--final-eval-episodes", "0", "--name", "u", cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    run_dir = cwd / "runs" / "u"
-    (run_dir / "summary.json").unlink()
-    return run_dir
-
-
-def spoil_args(key: str, value):
-    def spoil(run_dir):
-        args = json.loads((run_dir / "args.json").read_text())
-        (run_dir / "args.json").write_text(json.dumps({**args, key: value}))
-    return spoil
-
-
-def truncate_checkpoint(run_dir):
-    data = (run_dir / "checkpoint.npz").read_bytes()
-    (run_dir / "checkpoint.npz").write_bytes(data[:len(data) // 2])
-
-
-def older_layout(run_dir):
-    (run_dir / "checkpoint.npz").unlink()
-    (run_dir / "resume").mkdir()
-    (run_dir / "resume" / "state.json").write_text('{"step": 500}')
-
-
-def no_checkpoint_yet(run_dir):
-    (run_dir / "checkpoint.npz").unlink()
-
-
-@pytest.mark.parametrize("spoil, message", [
-    (spoil_args("buffer_size", 4000), "the saved replay has capacity 50000, this run uses 4000"),
-    (spoil_args("env", "CartPole-v1"), "checkpoint.npz cannot be resumed"),  # another env's network shapes
-    (truncate_checkpoint, "checkpoint.npz cannot be resumed (BadZipFile"),
-    (older_layout, "was written by an older run.py"),
-    (no_checkpoint_yet, "has no complete checkpoint yet"),
-])
-def test_resume_of_a_directory_that_cannot_continue_is_one_line(tmp_path, unfinished_run, spoil, message):
-    run_dir = tmp_path / "u"
-    shutil.copytree(unfinished_run, run_dir)
-    spoil(run_dir)
-    before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
-    r = script("run.py", "--resume", run_dir, cwd=tmp_path)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # nothing written
 
 
 NAN_ENV = '''
@@ -154,15 +105,14 @@ gym.register("NanCar-v0", entry_point=lambda **kw: NanAfter(gym.make("MountainCa
 '''
 
 
-def test_nan_observations_stop_cleanly_and_keep_the_last_snapshot(tmp_path):
+def test_nan_observations_stop_cleanly_and_keep_the_last_snapshot(tmp_path, monkeypatch, capsys):
     (tmp_path / "nan_env.py").write_text(NAN_ENV)
-    r = script("run.py", "--env", "nan_env:NanCar-v0", "--steps", "2000", "--learning-starts", "200",
-               "--snapshot-every", "500", "--eval-every", "0", "--name", "nan", cwd=tmp_path,
-               env={"PYTHONPATH": str(tmp_path)})
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(
+    monkeypatch.syspath_prepend(tmp_path)
+    assert run_main("--env", "nan_env:NanCar-v0", "--steps", "2000", "--learning-starts", "200",
+                    "--snapshot-every", "500", "--eval-every", "0", "--logdir", tmp_path, "--name", "nan") == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "stopped: nan_env:NanCar-v0 returned a non-finite observation or reward at step 700")
-    run_dir = tmp_path / "runs" / "nan"
+    run_dir = tmp_path / "nan"
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "bad_env_output" and s["steps"] == 699
     assert checkpoint_state(run_dir)["step"] == 500 and not list(run_dir.glob(".tmp-*"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
 
 

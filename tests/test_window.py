@@ -19,7 +19,8 @@ MISSING = [tool for tool in ("Xvfb", "xwd") if shutil.which(tool) is None]
 if MISSING and os.environ.get("CI") == "true":
     raise RuntimeError(f"{' and '.join(MISSING)} not found: CI must test the window on a real X server "
                        "(apt-get install xvfb x11-apps)")
-pytestmark = pytest.mark.skipif(bool(MISSING), reason="needs Xvfb and xwd (apt-get install xvfb x11-apps)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(bool(MISSING), reason="needs Xvfb and xwd (apt-get install xvfb x11-apps)")]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,246 @@
+"""run.py's main in this process, as `python run.py` runs it: real trainings, their files and
+curves, playing snapshots, resuming, and the one-line errors that need TensorFlow (model files,
+run directories). test_cli.py runs the scripts as separate processes."""
+
+import json
+import re
+import shutil
+
+import gymnasium as gym
+import keras
+import numpy as np
+import pytest
+from conftest import FIXTURES, checkpoint_state, run_main, scalars, summary
+
+from envs import run_episodes
+from run import epsilon_at
+
+
+def test_training_writes_snapshots_summary_and_curves(trained_run):
+    s = summary(trained_run)
+    assert s["status"] == "finished" and s["env"] == "MountainCar-v0" and s["steps"] == 3000
+    assert [e[0] for e in s["evals"]] == [1000, 2000, 3000] and s["final_eval_episodes"] == 3
+    assert s["best_eval_mean"] == max(mean for _, mean in s["evals"])
+    assert s["peak_rss_mb"] > 100 and s["steps_per_second"] > 0 and s["compile_seconds"] > 0
+    assert {p.name for p in trained_run.glob("*.keras")} == {"step_2000.keras", "last.keras", "final.keras"}
+    assert json.loads((trained_run / "args.json").read_text())["steps"] == 3000
+    curves = scalars(trained_run)
+    lengths, returns = ([v for _, v in curves[f"episode/{k}"]] for k in ("length", "return"))
+    # 15 MountainCar episodes, each cut off at 200 steps without reaching the flag: return = -length
+    assert lengths == [200.0] * 15 and returns == [-200.0] * 15
+    assert curves["eval/mean_return"] == [tuple(e) for e in s["evals"]]
+    assert curves["eval/final_mean_return"] == [(3000, pytest.approx(s["final_eval_mean"]))]
+    assert curves["train/epsilon"] == [(2000, pytest.approx(epsilon_at(2000, 1.0, 0.02, 20_000)))]
+    assert {"train/loss", "train/td_error", "train/target_distance", "perf/steps_per_second", "perf/rss_mb",
+            "eval/avg_max_q"} <= set(curves)
+    assert not {"train/is_weight", "train/tau"} & set(curves)  # only logged when --prioritized / --tau are on
+    with np.load(trained_run / "checkpoint.npz") as saved:  # truncations are stored as not terminated
+        assert len(saved["replay/action"]) == 3000 and saved["replay/terminated"].sum() == 0
+
+
+def eval_line(capsys, *args) -> float:
+    """The mean return that `run.py --model ... --eval` prints."""
+    capsys.readouterr()
+    assert run_main(*args, "--eval") == 0
+    return float(re.search(r"mean return (-?[\d.]+) ±", capsys.readouterr().out)[1])
+
+
+def test_final_and_last_snapshots_play_the_returns_the_summary_reports(trained_run, capsys):
+    """final.keras and last.keras, played on the final evaluation's start states (seed + 10,000),
+    give back the summary's final and last means: the files hold the weights that were evaluated."""
+    s = summary(trained_run)
+    for name, key in [("final.keras", "final_eval_mean"), ("last.keras", "last_eval_mean")]:
+        mean = eval_line(capsys, "--model", trained_run / name, "--episodes", "3", "--seed", "10000")
+        assert mean == pytest.approx(s[key], abs=0.05), name
+
+
+def test_short_cartpole_run_learns(tmp_path):
+    """An easy env and a fixed seed: the greedy return must rise far above a random policy's ~22."""
+    assert run_main("--env", "CartPole-v1", "--steps", "8000", "--seed", "1", "--epsilon-steps", "3000",
+                    "--learning-starts", "1000", "--target-update", "250", "--eval-every", "4000",
+                    "--final-eval-episodes", "20", "--logdir", tmp_path, "--name", "cp") == 0
+    s = summary(tmp_path / "cp")
+    env = gym.make("CartPole-v1")
+    env.action_space.seed(0)
+    random_mean = np.mean(list(run_episodes(env, lambda obs: env.action_space.sample(), 20, seed=0)))  # about 22
+    assert s["final_eval_mean"] > 4 * random_mean, (s["evals"], s["final_eval_mean"], random_mean)
+    assert s["last_eval_mean"] > 3 * random_mean, (s["last_eval_mean"], random_mean)  # not only the best
+
+
+def test_same_seed_gives_identical_results(tmp_path):
+    flags = ["--steps", "1000", "--learning-starts", "300", "--eval-every", "500", "--eval-episodes", "2",
+             "--final-eval-episodes", "2", "--seed", "7", "--logdir", tmp_path]
+    for name in ("a", "b"):
+        assert run_main(*flags, "--name", name) == 0
+    a, b = summary(tmp_path / "a"), summary(tmp_path / "b")
+    assert a["evals"] == b["evals"] and a["final_eval_mean"] == b["final_eval_mean"]
+    with np.load(tmp_path / "a" / "checkpoint.npz") as wa, np.load(tmp_path / "b" / "checkpoint.npz") as wb:
+        assert wa.files == wb.files
+        for key in wa.files:  # weights, Adam's moments, replay, random generator: all the same
+            if key != "state":  # (its timings differ)
+                np.testing.assert_array_equal(wa[key], wb[key])
+    c = tmp_path / "c"
+    assert run_main(*flags, "--seed", "8", "--name", "c") == 0  # another seed: another run
+    with np.load(tmp_path / "a" / "checkpoint.npz") as wa, np.load(c / "checkpoint.npz") as wc:
+        assert not np.array_equal(wa["replay/obs"], wc["replay/obs"])
+
+
+def test_h5_video_and_gif(trained_run, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    keras.models.load_model(trained_run / "final.keras").save(tmp_path / "q.h5")
+    assert eval_line(capsys, "--model", tmp_path / "q.h5", "--episodes", "2") <= -100
+    assert run_main("--model", trained_run / "final.keras", "--video", tmp_path / "videos", "--gif",
+                    tmp_path / "agent.gif", "--episodes", "1") == 0
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 1
+    frames = iio.imread(videos[0], plugin="FFMPEG")
+    assert frames.shape[0] > 100 and frames.shape[1:] == (400, 600, 3) and frames.std() > 0
+    gif = iio.imread(tmp_path / "agent.gif")
+    assert gif.shape[0] > 50 and gif.shape[1:3] == (200, 300)
+
+
+ALL_ON = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.01", "--loss", "huber",
+          "--epsilon-schedule", "exponential"]
+
+
+@pytest.mark.parametrize("variant", [ALL_ON, ["--dueling", "max", "--n-step", "2"]])
+def test_variants_train_save_and_play(tmp_path, capsys, variant):
+    assert run_main("--env", "CartPole-v1", "--steps", "1500", "--learning-starts", "500", "--eval-every", "1000",
+                    "--eval-episodes", "2", "--final-eval-episodes", "3", "--log-every", "500", "--logdir", tmp_path,
+                    "--name", "v", *variant) == 0
+    s = summary(tmp_path / "v")
+    mean = eval_line(capsys, "--env", "CartPole-v1", "--model", tmp_path / "v" / "final.keras", "--episodes", "3",
+                     "--seed", "10000")
+    assert mean == pytest.approx(s["final_eval_mean"], abs=0.05)
+    if variant is ALL_ON:  # TensorBoard shows the importance weights and tau of the variants switched on
+        assert {"train/is_weight", "train/tau", "train/td_error"} <= set(scalars(tmp_path / "v"))
+
+
+@pytest.mark.parametrize("env", ["CartPole-v1", "Acrobot-v1", "LunarLander-v3"])
+def test_env_preset_trains_and_plays(tmp_path, capsys, env):
+    assert run_main("--env", env, "--steps", "1000", "--learning-starts", "500", "--eval-every", "1000",
+                    "--eval-episodes", "1", "--final-eval-episodes", "1", "--logdir", tmp_path, "--name", "p") == 0
+    s = summary(tmp_path / "p")
+    assert s["env"] == env and s["steps"] == 1000 and len(s["evals"]) == 1
+    assert json.loads((tmp_path / "p" / "args.json").read_text())["eval_every"] == 1000  # the flag beat the preset
+    eval_line(capsys, "--env", env, "--model", tmp_path / "p" / "final.keras", "--episodes", "1")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_snapshot(tmp_path, capsys):
+    # Adam moves every weight by about lr per step: at 1e38 the next forward pass overflows.
+    code = run_main("--steps", "20000", "--lr", "1e38", "--learning-starts", "200", "--snapshot-every", "100",
+                    "--eval-every", "0", "--logdir", tmp_path, "--name", "nan")
+    assert code == 1 and "non-finite" in capsys.readouterr().err
+    s = summary(tmp_path / "nan")
+    assert s["status"] == "diverged" and s["steps"] < 20000
+    assert (tmp_path / "nan" / "step_200.keras").is_file() and not (tmp_path / "nan" / "final.keras").exists()
+    assert checkpoint_state(tmp_path / "nan")["step"] == 200  # resumable from there
+
+
+def test_a_run_from_before_the_restructuring_resumes_and_plays(tmp_path, capsys):
+    """tests/fixtures/before-issue-9: a run written by the base commit of issue 9, interrupted at step
+    1408 of 3000 (its snapshot has unnamed layers, its checkpoint the same layout)."""
+    run_dir = tmp_path / "old"
+    shutil.copytree(FIXTURES / "before-issue-9", run_dir)
+    assert run_main("--resume", run_dir) == 0
+    assert f"resuming {run_dir} at step 1408: epsilon 0.931" in capsys.readouterr().out
+    assert summary(run_dir)["steps"] == 3000
+    # 7 whole episodes before the interruption; the cut one is not continued, 1592 steps make 7 more
+    assert summary(run_dir)["status"] == "finished" and summary(run_dir)["episodes"] == 14
+    assert eval_line(capsys, "--model", run_dir / "step_1408.keras", "--episodes", "2") == -200.0
+
+
+# ------------------------------------------------------------------- bad input, one line
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """Files that are not usable models for MountainCar."""
+    from networks import create_model
+
+    d = tmp_path_factory.mktemp("bad")
+    (d / "bad.keras").write_bytes(b"not a zip file")
+    (d / "notes.txt").write_text("hello")
+    create_model(4, 2, 8, 1e-3, 1.0).save(d / "cartpole.keras")  # CartPole's 4 inputs, 2 actions
+    whole = (d / "cartpole.keras").read_bytes()
+    (d / "truncated.keras").write_bytes(whole[:len(whole) // 2])  # what a crash mid-write used to leave
+    return d
+
+
+def one_line_error(capsys, *args) -> str:
+    """run.main must exit 2 with exactly one line on stderr; returns it."""
+    capsys.readouterr()
+    assert run_main(*args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "nope.keras", "--view"], "no model file at nope.keras"),
+    (["--model", "BAD/cartpole.keras", "--video", "videos"], "pass the --env it was trained on"),
+    (["--model", "BAD/bad.keras", "--eval"], "is not a loadable Keras model"),
+    (["--model", "BAD/notes.txt", "--eval"], "is not a loadable Keras model"),
+    (["--model", "BAD/truncated.keras", "--eval"], "is not a loadable Keras model"),
+    (["--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
+    (["--env", "Pendulum-v1"], "DQN needs Discrete actions"),
+    (["--resume", "runs/none"], "has no resume state"),
+])
+def test_bad_model_env_or_run_dir_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, bad_files, args,
+                                                                  message):
+    monkeypatch.chdir(tmp_path)
+    assert message in one_line_error(capsys, *[a.replace("BAD", str(bad_files)) for a in args])
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even runs/
+
+
+def test_existing_run_name_is_refused(trained_run, capsys):
+    assert "already exists" in one_line_error(capsys, "--logdir", trained_run.parent, "--name", "short")
+
+
+@pytest.fixture(scope="module")
+def unfinished_run(tmp_path_factory):
+    """A run directory as a crash after its second checkpoint leaves it: no summary.json."""
+    logdir = tmp_path_factory.mktemp("unfinished")
+    assert run_main("--steps", "1000", "--learning-starts", "200", "--eval-every", "0", "--snapshot-every", "500",
+                    "--final-eval-episodes", "0", "--logdir", logdir, "--name", "u") == 0
+    (logdir / "u" / "summary.json").unlink()
+    return logdir / "u"
+
+
+def spoil_args(key: str, value):
+    def spoil(run_dir):
+        args = json.loads((run_dir / "args.json").read_text())
+        (run_dir / "args.json").write_text(json.dumps({**args, key: value}))
+    return spoil
+
+
+def truncate_checkpoint(run_dir):
+    data = (run_dir / "checkpoint.npz").read_bytes()
+    (run_dir / "checkpoint.npz").write_bytes(data[:len(data) // 2])
+
+
+def older_layout(run_dir):
+    (run_dir / "checkpoint.npz").unlink()
+    (run_dir / "resume").mkdir()
+    (run_dir / "resume" / "state.json").write_text('{"step": 500}')
+
+
+def no_checkpoint_yet(run_dir):
+    (run_dir / "checkpoint.npz").unlink()
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (spoil_args("buffer_size", 4000), "the saved replay has capacity 50000, this run uses 4000"),
+    (spoil_args("env", "CartPole-v1"), "checkpoint.npz cannot be resumed"),  # another env's network shapes
+    (truncate_checkpoint, "checkpoint.npz cannot be resumed (BadZipFile"),
+    (older_layout, "was written by an older run.py"),
+    (no_checkpoint_yet, "has no complete checkpoint yet"),
+])
+def test_resume_of_a_directory_that_cannot_continue_is_one_line(tmp_path, capsys, unfinished_run, spoil, message):
+    run_dir = tmp_path / "u"
+    shutil.copytree(unfinished_run, run_dir)
+    spoil(run_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    assert message in one_line_error(capsys, "--resume", run_dir)
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # nothing written

@@ -1,0 +1,49 @@
+"""settings.py in this process: every bad flag value is one line and exit 2; presets and their precedence."""
+
+import pytest
+
+import settings
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "-5"], "--steps must be at least 1"),
+    (["--units", "0"], "--units must be at least 1"),
+    (["--batch-size", "512", "--buffer-size", "100"], "larger than --buffer-size"),
+    (["--epsilon-start", "1.5"], "--epsilon-start must be in [0, 1]"),
+    (["--gamma", "abc"], "invalid float value"),
+    (["--lr", "0"], "must be positive"),
+    (["--tau", "2"], "--tau must be in (0, 1]"),
+    (["--epsilon-decay", "0"], "--epsilon-decay must be in (0, 1]"),
+    (["--learning-starts", "-1"], "--learning-starts must be 0 or more"),
+    (["--dueling", "both"], "invalid choice: 'both'"),
+    (["--no-such-flag"], "unrecognized arguments"),
+    (["--view"], "add --model PATH"),
+    (["--model", "m.keras"], "--model needs something to do"),
+    (["--model", "m.keras", "--view", "--gif", "a.gif"], "use one or the other"),
+    (["--model", "m.keras", "--eval", "--resume", "runs/x"], "use one of them"),
+    (["--episodes", "0"], "--episodes must be at least 1"),
+    (["--seed", "-1"], "--seed must be in [0, 2**31)"),
+    (["--seed", str(2**31)], "--seed must be in [0, 2**31)"),
+])
+def test_bad_flag_is_one_line_exit_2(capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        settings.parse_args(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_every_on_off_flag_can_be_switched_both_ways():
+    for flag in ["double", "prioritized", "keep-best"]:
+        assert settings.parse_args([f"--{flag}"]).__dict__[flag.replace("-", "_")] is True
+        assert settings.parse_args([f"--no-{flag}"]).__dict__[flag.replace("-", "_")] is False
+
+
+def test_preset_replaces_the_defaults_and_flags_still_win():
+    for env, preset in settings.PRESETS.items():
+        args = settings.parse_args(["--env", env])
+        assert all(getattr(args, k) == v for k, v in preset.items()), env
+    assert settings.parse_args([]).steps == 120_000  # MountainCar-v0, the default env
+    lunar = settings.PRESETS["LunarLander-v3"]["steps"]
+    assert settings.parse_args(["--env", "LunarLander-v3"]).steps == lunar != 120_000
+    assert settings.parse_args(["--env=LunarLander-v3", "--steps", "7"]).steps == 7
+    assert settings.parse_args(["--steps", "7", "--env", "CartPole-v1"]).steps == 7
