@@ -272,13 +272,13 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     if resuming:
         load_checkpoint(run_dir, state)
         remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
+        step = state.progress.step
+        print(f"resuming {run_dir} at step {step}: epsilon {make_epsilon_schedule(args)(step):.3f}, "
+              f"{len(state.replay)} transitions in replay", flush=True)
     log = TensorBoardLogger(run_dir)
     if not resuming:  # the settings travel with the curves
         rows = "\n".join(f"| {k} | {v} |" for k, v in vars(args).items())
         log.text("settings", "| flag | value |\n|---|---|\n" + rows)
-    if resuming:
-        print(f"resuming {run_dir} at step {state.progress.step}: epsilon "
-              f"{make_epsilon_schedule(args)(state.progress.step):.3f}, {len(state.replay)} transitions in replay")
     obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     status = training_loop(args, state, env, obs, eval_env, run_dir, log)

@@ -78,7 +78,7 @@ def ray_cluster(token_env):
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # the head's own services leave, most of them
         try:
-            head.wait(timeout=20)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
         os.killpg(head.pid, signal.SIGKILL)  # and what did not (measured: some ignore SIGTERM)
