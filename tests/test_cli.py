@@ -113,3 +113,10 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn):
     assert sum(line.startswith("saved step_") for line in r.stdout.splitlines()) == 2
     bars = [seg for seg in re.split(r"[\r\n]|\x1b\[A", r.stderr) if seg.strip()]
     assert bars and all(re.match(r"(train|eval): +\d+%\|", seg) for seg in bars), r.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["--repeats", "0"], "--repeats must be at least 1"),
+                                           (["--steps", "x"], "invalid int value")])
+def test_speed_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    assert message in one_line_exit_2(script("speed.py", *args, cwd=tmp_path), "speed.py")
+    assert list(tmp_path.iterdir()) == []
