@@ -31,6 +31,11 @@ PRESETS = {
 }
 
 
+# The textbook DQN (Mnih et al. 2015, with a squared-error loss): every variant off. --plain puts
+# these in place of the defaults and the env's preset; a flag given on the command line still wins.
+PLAIN = dict(n_step=1, double=False, prioritized=False, dueling="none", tau=None, loss="mse")
+
+
 def make_parser() -> Parser:
     """run.py's command line: one function per group of flags, in the order --help shows them."""
     p = Parser(prog="run.py", description="Deep Q-learning on a Gymnasium env (default MountainCar-v0).",
@@ -69,6 +74,9 @@ def add_network_flags(net) -> None:
 
 
 def add_dqn_flags(dqn) -> None:
+    dqn.add_argument("--plain", action="store_true",
+                     help="the textbook DQN: every variant below off (1-step returns, no Double, no prioritized "
+                          "replay, no dueling, hard target copies, squared error), whatever the defaults")
     dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
     dqn.add_argument("--buffer-size", type=int, default=50_000, help="replay capacity in transitions")
     dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
@@ -135,10 +143,13 @@ def add_play_flags(play) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = make_parser()
-    # First find the env alone (without acting on --help), to put its preset in place of the defaults.
-    find_env = argparse.ArgumentParser(add_help=False)
-    find_env.add_argument("--env", default=p.get_default("env"))
-    p.set_defaults(**PRESETS.get(find_env.parse_known_args(argv)[0].env, {}))
+    # First find the env and --plain alone (without acting on --help), to put the env's preset and
+    # the plain settings in place of the defaults.
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--env", default=p.get_default("env"))
+    first.add_argument("--plain", action="store_true")
+    found = first.parse_known_args(argv)[0]
+    p.set_defaults(**{**PRESETS.get(found.env, {}), **(PLAIN if found.plain else {})})
     args = p.parse_args(argv)
     check_args(args)
     return args

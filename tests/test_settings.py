@@ -47,3 +47,13 @@ def test_preset_replaces_the_defaults_and_flags_still_win():
     assert settings.parse_args(["--env", "LunarLander-v3"]).steps == lunar != 120_000
     assert settings.parse_args(["--env=LunarLander-v3", "--steps", "7"]).steps == 7
     assert settings.parse_args(["--steps", "7", "--env", "CartPole-v1"]).steps == 7
+
+
+def test_plain_switches_every_variant_off_and_flags_still_win(monkeypatch):
+    every_variant_on = dict(n_step=3, double=True, prioritized=True, dueling="avg", tau=0.01, loss="huber")
+    monkeypatch.setitem(settings.PRESETS, "CartPole-v1", every_variant_on)  # a preset that turns them all on
+    assert {k: getattr(settings.parse_args(["--env", "CartPole-v1"]), k) for k in every_variant_on} == every_variant_on
+    plain = settings.parse_args(["--env", "CartPole-v1", "--plain"])
+    assert {k: getattr(plain, k) for k in every_variant_on} == settings.PLAIN == dict(
+        n_step=1, double=False, prioritized=False, dueling="none", tau=None, loss="mse")
+    assert settings.parse_args(["--env", "CartPole-v1", "--plain", "--double"]).double is True  # a flag still wins
