@@ -112,21 +112,27 @@ class Policy:
         self.refresh()
 
     def refresh(self, values: list | None = None) -> None:
-        """Copy the current weights (or these values of model.trainable_variables) for acting."""
+        """Copy the current weights (or these values of model.trainable_variables) for acting, as
+        (kernel, bias) per layer in the order the forward pass uses them: hidden layers, then heads."""
+        if not self.dense:
+            return
         values = self.model.trainable_variables if values is None else values
-        self.weights = {path: np.asarray(v) for path, v in zip(self.paths, values, strict=True)}
+        w = {path: np.asarray(v) for path, v in zip(self.paths, values, strict=True)}
+        heads = ["q"] if self.dueling == "none" else ["value", "advantage"]
+        self.layers = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in self.hidden + heads]
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for a batch of observations, every action."""
         if not self.dense:
             return self.compiled(tf.convert_to_tensor(obs, tf.float32)).numpy()
-        w = self.weights
         h = obs
-        for name in self.hidden:
-            h = np.maximum(h @ w[f"{name}/kernel"] + w[f"{name}/bias"], 0.0)
+        for kernel, bias in self.layers[:HIDDEN_LAYERS]:
+            h = np.maximum(h @ kernel + bias, 0.0)
         if self.dueling == "none":
-            return h @ w["q/kernel"] + w["q/bias"]
-        value, advantage = h @ w["value/kernel"] + w["value/bias"], h @ w["advantage/kernel"] + w["advantage/bias"]
+            kernel, bias = self.layers[-1]
+            return h @ kernel + bias
+        (v_kernel, v_bias), (a_kernel, a_bias) = self.layers[HIDDEN_LAYERS:]
+        value, advantage = h @ v_kernel + v_bias, h @ a_kernel + a_bias
         reduce = np.mean if self.dueling == "avg" else np.max
         return value + advantage - reduce(advantage, axis=1, keepdims=True)
 
