@@ -2,6 +2,7 @@
 a process group of its own, on loopback only, and ended by signalling exactly that group (not
 `ray stop`, which would stop every Ray on the machine: other benches, other tests)."""
 
+import contextlib
 import csv
 import os
 import signal
@@ -76,12 +77,14 @@ def ray_cluster(token_env):
             time.sleep(0.5)
         yield address, Path(temp_dir)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head's own services leave, most of them
+        with contextlib.suppress(ProcessLookupError):  # the head may have died with its group
+            os.killpg(head.pid, signal.SIGTERM)  # the head's own services leave, most of them
         try:
             head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        os.killpg(head.pid, signal.SIGKILL)  # and what did not (measured: some ignore SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # the whole group may be gone already
+            os.killpg(head.pid, signal.SIGKILL)  # and what did not (measured: some ignore SIGTERM)
         head.wait(timeout=20)
         deadline = time.time() + 30
         while alive_in_group(head.pid) and time.time() < deadline:
