@@ -281,13 +281,13 @@ def by_config(results: list[dict]) -> dict[str, list[dict]]:
 def config_table(results: list[dict]) -> str:
     """One row per configuration, over its seeds; a trial that did not finish counts as failed."""
     rows = ["| configuration | trials | IQM of final return [95% CI] | mean [95% CI] | solved | "
-            "last weights solved | median seconds to solve | median steps to solve | steps/s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "last weights solved | median seconds to solve | median steps to solve | median wall s | steps/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config, rs in by_config(results).items():
         ok = [r for r in rs if r.get("status") == "finished" and r.get("final_eval_mean") is not None]
         trials = f"{len(rs)}" + (f" ({len(rs) - len(ok)} failed)" if len(ok) < len(rs) else "")
         if not ok:
-            rows.append(f"| {config} | {trials} | - | - | 0/{len(rs)} | 0/{len(rs)} | - | - | - |")
+            rows.append(f"| {config} | {trials} | - | - | 0/{len(rs)} | 0/{len(rs)} | - | - | - | - |")
             continue
         final = [r["final_eval_mean"] for r in ok]
         lo, hi = bootstrap_ci(final, iqm)
@@ -302,6 +302,7 @@ def config_table(results: list[dict]) -> str:
         rows.append(f"| {config} | {trials} | {iqm(final):.1f} [{lo:.1f}, {hi:.1f}] | "
                     f"{np.mean(final):.1f} [{mlo:.1f}, {mhi:.1f}] | {len(solved)}/{len(rs)} | {last_solved} | "
                     f"{fmt(to_solve['first_solved_seconds'], '.0f')} | {fmt(to_solve['first_solved_step'], '.0f')} | "
+                    f"{statistics.median(r['wall_seconds'] for r in ok):.0f} | "
                     f"{statistics.median(r['steps_per_second'] for r in ok):.0f} |")
     return "\n".join(rows)
 
