@@ -53,7 +53,7 @@ def add_run_flags(run) -> None:
     run.add_argument("--env", default="MountainCar-v0",
                      help=f"Gymnasium env id with a Box observation and Discrete actions; {', '.join(PRESETS)} "
                           "bring their own tuned defaults (see them with --env ID --help)")
-    run.add_argument("--steps", type=int, default=50_000, help="environment steps to train for")
+    run.add_argument("--steps", type=int, default=60_000, help="environment steps to train for")
     run.add_argument("--seed", type=int, default=0, help="seeds the env, the network and the replay sampling")
     run.add_argument("--name", default=None, help="run name (default: a timestamp); output goes to LOGDIR/NAME")
     run.add_argument("--logdir", default="runs", help="root folder for runs")

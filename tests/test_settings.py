@@ -42,9 +42,9 @@ def test_preset_replaces_the_defaults_and_flags_still_win():
     for env, preset in settings.PRESETS.items():
         args = settings.parse_args(["--env", env])
         assert all(getattr(args, k) == v for k, v in preset.items()), env
-    assert settings.parse_args([]).steps == 50_000  # MountainCar-v0, the default env
+    assert settings.parse_args([]).steps == 60_000  # MountainCar-v0, the default env
     lunar = settings.PRESETS["LunarLander-v3"]["steps"]
-    assert settings.parse_args(["--env", "LunarLander-v3"]).steps == lunar != 50_000
+    assert settings.parse_args(["--env", "LunarLander-v3"]).steps == lunar != 60_000
     assert settings.parse_args(["--env=LunarLander-v3", "--steps", "7"]).steps == 7
     assert settings.parse_args(["--steps", "7", "--env", "CartPole-v1"]).steps == 7
 
