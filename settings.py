@@ -93,7 +93,8 @@ def add_dqn_flags(dqn) -> None:
                           "after every gradient step (Polyak averaging, Lillicrap et al. 2016; e.g. 0.005)")
     dqn.add_argument("--n-step", type=int, default=3,
                      help="learn from n-step returns r_t + g r_t+1 + ... + g^n max Q(s_t+n): rewards travel "
-                          "back n steps per update instead of one (Sutton 1988; part of Rainbow)")
+                          "back n steps per update instead of one (Sutton 1988; part of Rainbow); "
+                          "1 is the textbook one-step target")
     dqn.add_argument("--double", action=argparse.BooleanOptionalAction, default=False,
                      help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
                           "the target network evaluates it, which curbs the overestimation of max")

@@ -75,6 +75,8 @@ def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
     assert float(rows[0]["final_eval_mean"]) > 0
     table = (root / "table.md").read_text()
     assert "| lr=1e-3 | 1 |" in table and "| lr=1e38 | 1 (1 failed) |" in table and "IQM" in table
+    wall = float(rows[0]["wall_seconds"])  # the finished trial's median wall per run is its own wall
+    assert f"| {wall:.0f} | {float(rows[0]['steps_per_second']):.0f} |" in table.splitlines()[2]
     import imageio.v3 as iio
 
     assert iio.imread(root / "curves.png").ndim == 3  # a real PNG that decodes to pixels
