@@ -28,7 +28,7 @@ from settings import Parser, fail
 # change what this measures.
 TUTORIAL_REGIME = ["--units", "32", "--batch-size", "64", "--train-freq", "16", "--gradient-steps", "16",
                    "--learning-starts", "64", "--eval-every", "0", "--final-eval-episodes", "0",
-                   "--plain"]
+                   "--snapshot-every", "50000", "--plain"]
 ALL_VARIANTS = ["--double", "--dueling", "avg", "--prioritized", "--n-step", "3", "--tau", "0.005", "--loss", "huber"]
 
 
