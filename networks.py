@@ -113,25 +113,26 @@ class Policy:
 
     def refresh(self, values: list | None = None) -> None:
         """Copy the current weights (or these values of model.trainable_variables) for acting, as
-        (kernel, bias) per layer in the order the forward pass uses them: hidden layers, then heads."""
+        (kernel, bias) per layer: the hidden layers in order, and the heads (q, or value and advantage)."""
         if not self.dense:
             return
         values = self.model.trainable_variables if values is None else values
         w = {path: np.asarray(v) for path, v in zip(self.paths, values, strict=True)}
         heads = ["q"] if self.dueling == "none" else ["value", "advantage"]
-        self.layers = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in self.hidden + heads]
+        self.hidden_weights = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in self.hidden]
+        self.head_weights = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in heads]
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for a batch of observations, every action."""
         if not self.dense:
             return self.compiled(tf.convert_to_tensor(obs, tf.float32)).numpy()
         h = obs
-        for kernel, bias in self.layers[:HIDDEN_LAYERS]:
+        for kernel, bias in self.hidden_weights:
             h = np.maximum(h @ kernel + bias, 0.0)
         if self.dueling == "none":
-            kernel, bias = self.layers[-1]
+            ((kernel, bias),) = self.head_weights
             return h @ kernel + bias
-        (v_kernel, v_bias), (a_kernel, a_bias) = self.layers[HIDDEN_LAYERS:]
+        (v_kernel, v_bias), (a_kernel, a_bias) = self.head_weights
         value, advantage = h @ v_kernel + v_bias, h @ a_kernel + a_bias
         reduce = np.mean if self.dueling == "avg" else np.max
         return value + advantage - reduce(advantage, axis=1, keepdims=True)
