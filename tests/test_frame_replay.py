@@ -1,0 +1,116 @@
+"""The frame-sharing Atari replay against a naive reference: every env's stacks built whole and
+turned into n-step transitions by replay_buffer.NStep, on hand-built episodes."""
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from frame_replay import FrameReplayBuffer
+from replay_buffer import NStep
+
+STACK = 4
+
+
+def frame(uid: int) -> np.ndarray:
+    """A tiny frame that names itself: two uint8 pixels holding a unique id."""
+    return np.array(divmod(uid, 256), dtype=np.uint8)
+
+
+def uid(f: np.ndarray) -> int:
+    return int(f[0]) * 256 + int(f[1])
+
+
+def play(buffer: FrameReplayBuffer, lengths: list[list[tuple[int, str]]], n: int, gamma: float, seed: int = 0,
+         padding: str = "zeros") -> dict[int, tuple]:
+    """Feed the envs' episodes, step by step and env by env in turn, to `buffer`, and the same
+    stacks to a naive NStep per env. `lengths[e]` lists env e's episodes as (steps, how it ends).
+    Returns the naive transitions keyed by the id of their observation's newest frame."""
+    rng = np.random.default_rng(seed)
+    naive, next_id = {}, 1
+    streams = [iter([(i, length, end) for length, end in episodes for i in range(length)]) for episodes in lengths]
+    stacks: list[deque | None] = [None] * len(lengths)
+    nsteps = [NStep(n, gamma) for _ in lengths]
+    active = set(range(len(lengths)))
+    while active:
+        for e in sorted(active):
+            step = next(streams[e], None)
+            if step is None:
+                active.discard(e)
+                continue
+            i, length, end = step
+            if i == 0:  # a new episode: the env's first stack, padded like the env pads it
+                first = frame(next_id)
+                next_id += 1
+                pad = frame(0) if padding == "zeros" else first
+                stacks[e] = deque([pad] * (STACK - 1) + [first], maxlen=STACK)
+                buffer.start(e, np.array(stacks[e]))
+            obs = np.array(stacks[e])
+            stacks[e].append(frame(next_id))
+            next_id += 1
+            last = i == length - 1
+            terminated, truncated = last and end == "terminated", last and end == "truncated"
+            action, reward = int(rng.integers(6)), float(rng.integers(-1, 2))
+            next_obs = np.array(stacks[e])
+            buffer.add(e, action, reward, next_obs, terminated, truncated)
+            for t in nsteps[e].push(obs, action, reward, next_obs, terminated, truncated):
+                naive[uid(t[0][-1])] = t
+    return naive
+
+
+def assert_same(buffer: FrameReplayBuffer, slots: np.ndarray, naive: dict[int, tuple]) -> None:
+    batch = buffer.transitions(slots)
+    for i in range(len(slots)):
+        obs, action, ret, next_obs, terminated, discount = naive[uid(batch.obs[i][-1])]
+        np.testing.assert_array_equal(batch.obs[i], obs)
+        assert batch.action[i] == action
+        assert batch.reward[i] == pytest.approx(ret, abs=1e-5)
+        np.testing.assert_array_equal(batch.next_obs[i], next_obs)
+        assert batch.terminated[i] == float(terminated)
+        assert batch.discount[i] == pytest.approx(discount)
+
+
+EPISODES = [[(5, "terminated"), (2, "truncated"), (9, "terminated")],
+            [(1, "terminated"), (7, "truncated"), (3, "terminated"), (4, "truncated")],
+            [(12, "truncated")]]
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("padding", ["zeros", "first frame"])
+def test_every_transition_matches_the_naive_stacks_across_episode_ends_and_envs(n, padding):
+    buffer = FrameReplayBuffer(3 * 200, num_envs=3, frame_shape=(2,), n_step=n, gamma=0.9)
+    naive = play(buffer, EPISODES, n, 0.9, padding=padding)
+    slots = np.arange(3 * 200)
+    ok = buffer.sampleable(slots)
+    assert ok.sum() == len(naive) == sum(length for episodes in EPISODES for length, _ in episodes)
+    assert_same(buffer, slots[ok], naive)
+
+
+def test_the_last_steps_wait_until_their_n_step_return_is_complete():
+    # The second episode is still running: its last n - 1 = 2 steps have no 3-step return yet.
+    buffer = FrameReplayBuffer(100, num_envs=1, frame_shape=(2,), n_step=3, gamma=0.9)
+    naive = play(buffer, [[(6, "terminated"), (10, "running")]], 3, 0.9)
+    ok = buffer.sampleable(np.arange(100))
+    assert ok.sum() == len(naive) == 6 + 10 - 2
+    assert_same(buffer, np.arange(100)[ok], naive)
+
+
+def test_wraparound_never_serves_an_overwritten_frame():
+    buffer = FrameReplayBuffer(2 * 40, num_envs=2, frame_shape=(2,), n_step=3, gamma=0.99)
+    episodes = [[(13, "terminated"), (20, "truncated"), (8, "terminated"), (30, "truncated")],
+                [(50, "truncated"), (9, "terminated"), (6, "terminated")]]
+    naive = play(buffer, episodes, 3, 0.99, seed=1)
+    assert buffer.written.min() > buffer.per_env  # both rings wrapped
+    slots = np.arange(2 * 40)
+    ok = buffer.sampleable(slots)
+    assert 0.6 * 80 < ok.sum() < 80  # most slots serve; pads, finals and the oldest 3 frames do not
+    assert_same(buffer, slots[ok], naive)
+    batch = buffer.sample(np.random.default_rng(0), (4, 16))
+    assert batch.obs.shape == (4, 16, STACK, 2) and batch.obs.dtype == np.uint8
+    assert buffer.sampleable(batch.index.ravel()).all()
+
+
+def test_each_frame_is_stored_once():
+    buffer = FrameReplayBuffer(100_000, num_envs=8)
+    assert buffer.frame.shape == (100_000, 84, 84) and buffer.frame.dtype == np.uint8
+    assert buffer.nbytes < 100_000 * (84 * 84 + 16)  # vs 2 * 4 * 84 * 84 per transition stored whole
