@@ -41,7 +41,25 @@ class Dueling(keras.layers.Layer):
 HIDDEN_LAYERS = 2
 
 
-def create_model(obs_dim: int, n_actions: int, units: int, lr, clip_norm: float,
+def dense_torso(obs, units: int):
+    """Two ReLU layers, for observations that are a few numbers (classic control, Box2D)."""
+    h = obs
+    for i in range(HIDDEN_LAYERS):
+        h = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(h)
+    return h
+
+
+def conv_torso(frames):
+    """The Nature DQN torso (Mnih et al. 2015) for stacks of 84x84 uint8 frames, oldest first.
+    The frames stay uint8 in the replay (4x smaller than float32) and are scaled to [0, 1] here."""
+    h = keras.layers.Permute((2, 3, 1), name="channels_last")(frames)  # (stack, 84, 84) -> (84, 84, stack)
+    h = keras.layers.Rescaling(1 / 255, name="scale")(h)
+    for i, (filters, size, stride) in enumerate([(32, 8, 4), (64, 4, 2), (64, 3, 1)]):
+        h = keras.layers.Conv2D(filters, size, stride, activation="relu", name=f"conv_{i}")(h)
+    return keras.layers.Dense(512, activation="relu", name="features")(keras.layers.Flatten(name="flatten")(h))
+
+
+def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, lr, clip_norm: float,
                  loss: str = "mse", dueling: str = "none") -> keras.Model:
     """Q(s, .) for all actions, multiplied by an action mask.
 
@@ -50,12 +68,13 @@ def create_model(obs_dim: int, n_actions: int, units: int, lr, clip_norm: float,
     loss compares with its target. With `dueling` avg or max the last layer is split into a
     value head and an advantage head (the mask applies after them). The layers are named
     (hidden_0, hidden_1, q or value/advantage/dueling) so that `Policy` can find them.
+    A 3-D observation (a stack of frames) gets the convolutional torso instead of the dense one.
     """
-    obs = keras.Input((obs_dim,), name="obs")
+    obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
+    frames = len(obs_shape) == 3
+    obs = keras.Input(obs_shape, dtype="uint8" if frames else "float32", name="obs")
     mask = keras.Input((n_actions,), name="action_mask")
-    h = obs
-    for i in range(HIDDEN_LAYERS):
-        h = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(h)
+    h = conv_torso(obs) if frames else dense_torso(obs, units)
     if dueling == "none":
         q = keras.layers.Dense(n_actions, name="q")(h)
     else:
@@ -76,11 +95,11 @@ def load_model(path: str, env: gym.Env) -> keras.Model:
         model = keras.models.load_model(path, compile=False)  # playing needs no optimizer
     except Exception as e:  # noqa: BLE001 - any reason a file is not a model gets the same answer
         fail(f"{path} is not a loadable Keras model ({type(e).__name__}); pass a .keras or .h5 snapshot")
-    obs_dim, n_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
+    obs_shape, n_actions = tuple(env.observation_space.shape), int(env.action_space.n)
     shapes = [tuple(t.shape) for t in model.inputs]
-    if shapes != [(None, obs_dim), (None, n_actions)] or model.output_shape != (None, n_actions):
+    if shapes != [(None, *obs_shape), (None, n_actions)] or model.output_shape != (None, n_actions):
         fail(f"{path} has inputs {shapes} and output {model.output_shape}, but {env.spec.id} has "
-             f"{obs_dim} observations and {n_actions} actions; pass the --env it was trained on")
+             f"observations of shape {obs_shape} and {n_actions} actions; pass the --env it was trained on")
     return model
 
 
@@ -125,7 +144,7 @@ class Policy:
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for a batch of observations, every action."""
         if not self.dense:
-            return self.compiled(tf.convert_to_tensor(obs, tf.float32)).numpy()
+            return self.compiled(tf.convert_to_tensor(obs, self.model.inputs[0].dtype)).numpy()
         h = obs
         for kernel, bias in self.hidden_weights:
             h = np.maximum(h @ kernel + bias, 0.0)

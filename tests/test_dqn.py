@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture
 def model():
     keras.utils.set_random_seed(0)
-    return create_model(obs_dim=2, n_actions=3, units=16, lr=1e-2, clip_norm=10.0)
+    return create_model(obs_shape=2, n_actions=3, units=16, lr=1e-2, clip_norm=10.0)
 
 
 def constant_q_model(values, lr: float = 1e-3) -> keras.Model:
@@ -290,3 +290,24 @@ def test_loss_is_the_mean_td_loss_of_the_taken_actions(loss):
     per_transition = [0.25, 4.0, 9.0] if loss == "mse" else [0.125, 1.5, 2.5]  # Huber: e^2/2 up to 1, then |e| - 1/2
     assert float(mean_loss) == pytest.approx(np.mean(per_transition), rel=1e-5)
     np.testing.assert_allclose(td.numpy(), np.abs(reward), rtol=1e-6)
+
+
+def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_policy(tmp_path):
+    model = create_model((4, 84, 84), 6, units=0, lr=1e-4, clip_norm=10.0, dueling="avg")
+    assert model.inputs[0].dtype == "uint8"
+    conv = [model.get_layer(f"conv_{i}") for i in range(3)]
+    assert [(c.filters, c.kernel_size, c.strides) for c in conv] == [(32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)),
+                                                                     (64, (3, 3), (1, 1))]
+    assert model.get_layer("features").units == 512 and conv[-1].output.shape == (None, 7, 7, 64)
+    frames = np.random.default_rng(0).integers(0, 256, size=(5, 4, 84, 84), dtype=np.uint8)
+    q = model([frames, np.ones((5, 6), np.float32)]).numpy()
+    taken = model([frames, np.eye(6, dtype=np.float32)[[0, 3, 5, 1, 2]]]).numpy()
+    np.testing.assert_allclose(taken.sum(axis=1), q[np.arange(5), [0, 3, 5, 1, 2]], rtol=1e-5)
+    assert np.count_nonzero(taken) <= 5  # every other action masked to 0
+    policy = Policy(model)
+    assert not policy.dense  # no numpy path for convolutions: one compiled call
+    np.testing.assert_allclose(policy.q_values(frames), q, rtol=1e-5)
+    assert policy.greedy(frames[2]) == int(np.argmax(q[2]))
+    model.save(tmp_path / "conv.keras")
+    loaded = keras.models.load_model(tmp_path / "conv.keras", compile=False)
+    np.testing.assert_allclose(Policy(loaded).q_values(frames), q, rtol=1e-5)
