@@ -18,6 +18,8 @@ from viewer import Window, WindowClosed, WindowError
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     """Create an env, with a one-line error (exit 2) for ids or spaces DQN cannot handle."""
+    if is_atari(env_id):
+        return make_atari_env(env_id, render_mode)
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as e:
@@ -35,6 +37,30 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         # position [-1.2, 0.6]; unscaled, the network can hardly tell velocities apart.
         env = gym.wrappers.RescaleObservation(env, -np.ones_like(space.low), np.ones_like(space.high))
     return env
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+ATARI_STACK = 4  # frames per observation: enough to see where the ball is going
+
+
+def make_atari_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """One Atari game as it is scored: every life, raw scores, the v5 defaults (sticky actions
+    with probability 0.25), at most 108,000 frames (30 minutes); seen through the training
+    preprocessing: 84x84 grey frames, each action repeated for 4 frames with the last two
+    max-pooled, up to 30 no-ops at the start, a stack of the last 4 frames (zeros before the
+    first, as ale_py's vector env pads them)."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    try:
+        env = gym.make(env_id, frameskip=1, max_num_frames_per_episode=108_000, render_mode=render_mode)
+    except gym.error.Error as e:
+        fail(f"unknown Atari game {env_id!r} ({e}); try ALE/Pong-v5 or ALE/Breakout-v5")
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, terminal_on_life_loss=False)
+    return gym.wrappers.FrameStackObservation(env, ATARI_STACK, padding_type="zero")
 
 
 def run_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None = None) -> Iterator[float]:
