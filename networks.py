@@ -166,3 +166,14 @@ class Policy:
         if rng.random() < epsilon:
             return int(rng.integers(self.n_actions))
         return self.greedy(obs)
+
+    def epsilon_greedy_batch(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+        """One action per env of a vector env: random with probability epsilon each, otherwise
+        greedy, from one forward pass over the envs that act greedily. Draws from `rng` in the
+        order epsilon_greedy does, so one env gives the same actions as epsilon_greedy."""
+        explore = rng.random(len(obs)) < epsilon
+        actions = np.empty(len(obs), dtype=np.int64)
+        actions[explore] = rng.integers(self.n_actions, size=int(explore.sum()))
+        if not explore.all():
+            actions[~explore] = np.argmax(self.q_values(obs[~explore]), axis=1)
+        return actions

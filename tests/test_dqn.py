@@ -311,3 +311,17 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     model.save(tmp_path / "conv.keras")
     loaded = keras.models.load_model(tmp_path / "conv.keras", compile=False)
     np.testing.assert_allclose(Policy(loaded).q_values(frames), q, rtol=1e-5)
+
+
+def test_batched_epsilon_greedy_draws_what_the_single_env_one_does(model):
+    policy = Policy(model)
+    obs = np.random.default_rng(1).uniform(-1, 1, size=(200, 2)).astype(np.float32)
+    for epsilon in (0.0, 0.3, 1.0):
+        one, batched = np.random.default_rng(7), np.random.default_rng(7)
+        singles = [policy.epsilon_greedy(o, epsilon, one) for o in obs]
+        batches = [int(policy.epsilon_greedy_batch(o[None], epsilon, batched)[0]) for o in obs]
+        assert singles == batches  # one env: the same actions from the same seed
+    actions = policy.epsilon_greedy_batch(obs, 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(actions, np.argmax(policy.q_values(obs), axis=1))
+    random_share = np.mean(policy.epsilon_greedy_batch(obs, 0.5, np.random.default_rng(0)) != actions)
+    assert 0.2 < random_share < 0.45  # half explore, and a third of those pick the greedy action anyway
