@@ -19,6 +19,7 @@ import numpy as np
 from replay_buffer import Batch
 
 PAD, STEP, FINAL = 0, 1, 2  # what a slot holds: a stack's older frame, a step taken, an episode's last observation
+ARRAYS = ["frame", "kind", "action", "reward", "terminated", "ended", "written"]
 
 
 class FrameReplayBuffer:
@@ -42,7 +43,7 @@ class FrameReplayBuffer:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.frame, self.kind, self.action, self.reward, self.terminated, self.ended))
+        return sum(getattr(self, name).nbytes for name in ARRAYS)
 
     def _write(self, env: int, frame: np.ndarray, kind: int) -> int:
         slot = env * self.per_env + self.written[env] % self.per_env
@@ -51,7 +52,15 @@ class FrameReplayBuffer:
         return slot
 
     def start(self, env: int, obs: np.ndarray) -> None:
-        """The first observation of an episode (a stack of frames, oldest first)."""
+        """The first observation of an episode (a stack of frames, oldest first). An episode
+        left unfinished before it (a resumed run) ends where it stopped, as if truncated."""
+        if self.written[env]:
+            latest = self._slot(env, self.written[env] - 1)
+            if self.kind[latest] == STEP:
+                self.kind[latest] = FINAL
+                before = self._slot(env, self.written[env] - 2)  # the step that led to it, if any
+                if self.written[env] > 1 and self.kind[before] == STEP:
+                    self.ended[before] = True
         for frame in obs[:-1]:
             self._write(env, frame, PAD)
         self._write(env, obs[-1], STEP)
@@ -64,6 +73,18 @@ class FrameReplayBuffer:
         self.action[slot], self.reward[slot] = action, reward
         self.terminated[slot], self.ended[slot] = terminated, terminated or truncated
         self._write(env, next_obs[-1], FINAL if terminated or truncated else STEP)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything stored, for a checkpoint (run.py's save_checkpoint)."""
+        return {name: getattr(self, name) for name in ARRAYS}
+
+    def restore(self, data) -> None:
+        """Put back what `arrays` returned into this (already allocated) buffer."""
+        if data["frame"].shape != self.frame.shape or len(data["written"]) != self.num_envs:
+            raise ValueError(f"the saved replay holds {data['frame'].shape[0]} frames of {len(data['written'])} envs, "
+                             f"this run uses {self.frame.shape[0]} of {self.num_envs}")
+        for name in ARRAYS:
+            getattr(self, name)[...] = data[name]
 
     def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...]) -> Batch:
         """Uniformly sample complete transitions (with replacement); `shape` may be (updates, batch)."""

@@ -49,6 +49,10 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in FIELDS)
+
     def add(self, obs, action: int, reward: float, next_obs, terminated: bool, discount: float) -> None:
         i = self.next
         self.obs[i] = obs
@@ -221,3 +225,23 @@ class NStep:
         ret = sum(self.gamma**j * r for j, (_, _, r) in enumerate(self.pending))
         obs, action, _ = self.pending.popleft()
         return obs, action, ret, next_obs, terminated, self.gamma**k
+
+
+class StepWriter:
+    """Feeds a ReplayBuffer from the envs of a vector env one step at a time, the way
+    FrameReplayBuffer is fed: start(env, obs) with an episode's first observation, then
+    add(env, ...) after each step; n-step returns are formed per env."""
+
+    def __init__(self, replay: ReplayBuffer, num_envs: int, n_step: int, gamma: float):
+        self.replay = replay
+        self.n_steps = [NStep(n_step, gamma) for _ in range(num_envs)]
+        self.obs = [None] * num_envs  # each env's latest observation
+
+    def start(self, env: int, obs) -> None:
+        self.n_steps[env].pending.clear()  # a resumed run starts new episodes; nothing carries over
+        self.obs[env] = obs
+
+    def add(self, env: int, action: int, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
+        for transition in self.n_steps[env].push(self.obs[env], action, reward, next_obs, terminated, truncated):
+            self.replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
+        self.obs[env] = next_obs

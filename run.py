@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import resource
 import signal
 import sys
@@ -25,12 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from settings import fail, parse_args
+from settings import fail, learns_from_pixels, parse_args
 from startup import load_tensorflow
 
 STARTED = time.time()  # wall-clock start, before the slow TensorFlow import
 if __name__ == "__main__":
-    parse_args()  # bad flags get their one-line error now, not after the seconds TensorFlow takes to load
+    # Bad flags get their one-line error now, not after the seconds TensorFlow takes to load.
+    if learns_from_pixels(parse_args()):
+        # oneDNN's convolutions make the conv net's update ~1.6x faster (README); dense nets keep the
+        # project's default (off: the same numbers on every CPU). A value set by the user wins.
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     # Keras imports pandas whenever it is installed (Ray Tune, used by bench.py, brings it) only
     # to accept DataFrames, which we never pass. Marking it absent saves ~120 MB per training.
     sys.modules.setdefault("pandas", None)
@@ -44,10 +49,11 @@ from keras.src.saving import saving_lib
 from tqdm import tqdm
 
 from atomic import remove_leftovers, write_atomically, write_text_atomically
-from envs import make_env, play_env, run_episodes, show_episodes
+from envs import make_env, make_training_envs, play_env, run_episodes, show_episodes
+from frame_replay import FrameReplayBuffer
 from loggers import Averages, TensorBoardLogger
 from networks import Policy, create_model, load_model
-from replay_buffer import Batch, NStep, PrioritizedReplayBuffer, ReplayBuffer
+from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter
 
 # --------------------------------------------------------------------------- exploration
 
@@ -115,7 +121,8 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
     """
     n_actions = model.output_shape[-1]
 
-    @tf.function(jit_compile=True)
+    # XLA fuses the dense network's many small ops, but runs the conv net's convolutions ~10x slower.
+    @tf.function(jit_compile=len(model.inputs[0].shape) == 2)
     def fit_batch(batch: Batch):
         g, b = tf.shape(batch.reward)[0], tf.shape(batch.reward)[1]
 
@@ -179,21 +186,23 @@ class TrainingState:
     best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
 
 
-def new_state(args: argparse.Namespace, env: gym.Env) -> TrainingState:
+def new_state(args: argparse.Namespace, envs) -> TrainingState:
     """Fresh networks (the target a copy of the online one), an empty replay, counters at 0."""
-    obs_dim, n_actions = int(env.observation_space.shape[0]), int(env.action_space.n)
+    obs_shape, n_actions = tuple(envs.single_observation_space.shape), int(envs.single_action_space.n)
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     # Linear learning-rate decay; the schedule counts gradient steps, not env steps.
     updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps
     lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
-    model, target = (create_model(obs_dim, n_actions, args.units, lr, args.clip_norm, args.loss, args.dueling)
+    model, target = (create_model(obs_shape, n_actions, args.units, lr, args.clip_norm, args.loss, args.dueling)
                      for _ in range(2))
     target.set_weights(model.get_weights())
-    if args.prioritized:
-        replay = PrioritizedReplayBuffer(args.buffer_size, (obs_dim,), args.per_alpha, args.per_eps)
+    if len(obs_shape) == 3:  # stacks of frames: each frame stored once
+        replay = FrameReplayBuffer(args.buffer_size, envs.num_envs, obs_shape[1:], obs_shape[0], args.n_step, args.gamma)
+    elif args.prioritized:
+        replay = PrioritizedReplayBuffer(args.buffer_size, obs_shape, args.per_alpha, args.per_eps)
     else:
-        replay = ReplayBuffer(args.buffer_size, (obs_dim,))
+        replay = ReplayBuffer(args.buffer_size, obs_shape)
     return TrainingState(model, target, replay, rng, Progress())
 
 
@@ -267,8 +276,11 @@ saving_lib.get_attr_skipset = functools.cache(saving_lib.get_attr_skipset)
 
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     """Train a DQN agent, writing logs, snapshots and summary.json to run_dir; return the summary."""
-    env, eval_env = make_env(args.env), make_env(args.env)  # evaluation never steps the training env
-    state = new_state(args, env)
+    # Evaluation plays whole games on its own env, never stepping (and cutting short) the training envs'.
+    envs, eval_env = make_training_envs(args.env, args.num_envs, args.threads), make_env(args.env)
+    state = new_state(args, envs)
+    print(f"replay: {args.buffer_size:,} {'frames' if isinstance(state.replay, FrameReplayBuffer) else 'transitions'}"
+          f", {state.replay.nbytes / 2**20:,.0f} MiB", flush=True)
     if resuming:
         load_checkpoint(run_dir, state)
         remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
@@ -279,70 +291,112 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     if not resuming:  # the settings travel with the curves
         rows = "\n".join(f"| {k} | {v} |" for k, v in vars(args).items())
         log.text("settings", "| flag | value |\n|---|---|\n" + rows)
-    obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
+    obs, _ = envs.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
-    status = training_loop(args, state, env, obs, eval_env, run_dir, log)
+    status = training_loop(args, state, envs, obs, eval_env, run_dir, log)
     final_returns, last_returns = finish(args, state, status, eval_env, run_dir, log)
     summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
-                            env.spec.reward_threshold)
+                            eval_env.spec.reward_threshold)
+    envs.close()
     log.close()
     return summary
 
 
-def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, obs: np.ndarray, eval_env: gym.Env,
+def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.ndarray, eval_env: gym.Env,
                   run_dir: Path, log: TensorBoardLogger) -> str:
     """Act, store, learn, copy to the target; log, evaluate and snapshot; until the last step or
-    Ctrl-C. Returns the status: finished, interrupted, diverged or bad_env_output."""
+    Ctrl-C. Returns the status: finished, interrupted, diverged or bad_env_output.
+
+    Each pass steps every env of `envs` once (p.step counts env steps over all of them) and does
+    each periodic task as often as the step count passed a multiple of its period."""
     p, replay, rng, policy = state.progress, state.replay, state.rng, Policy(state.model)
     fit_batch = make_fit_batch(state.model, state.target, args.double, args.tau)
     # Compiled, the hard copy costs ~0.3 ms instead of ~3 ms for target.set_weights(model.get_weights()).
     copy_to_target = tf.function(functools.partial(update_target, state.target, state.model))
-    n_step, epsilon_schedule = NStep(args.n_step, args.gamma), make_epsilon_schedule(args)
+    writer = replay if isinstance(replay, FrameReplayBuffer) else StepWriter(replay, envs.num_envs, args.n_step,
+                                                                              args.gamma)
+    for env in range(envs.num_envs):
+        writer.start(env, obs[env])
+    epsilon_schedule, episodes = make_epsilon_schedule(args), Episodes(envs.num_envs, log)
     clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
-    ep_return, ep_len, last_return = 0.0, 0, float("nan")
     with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1) as bar:
         try:
             while p.step < args.steps and not ctrl_c.pressed:
-                p.step += 1
-                step = p.step
-                # act, step the env, store the transition
+                before = p.step
+                p.step = step = before + envs.num_envs
+                # act, step the envs, store the transitions
                 epsilon = epsilon_schedule(step)
-                action = policy.epsilon_greedy(obs, epsilon, rng)
-                next_obs, reward, terminated, truncated, _ = env.step(action)
-                if not math.isfinite(next_obs.sum() + reward):  # one sum: NaN and inf anywhere propagate into it
+                actions = policy.epsilon_greedy_batch(obs, epsilon, rng)
+                obs, rewards, terminated, truncated, info = envs.step(actions)
+                if not finite(obs, rewards, info):
                     return "bad_env_output"
-                for transition in n_step.push(obs, action, reward, next_obs, terminated, truncated):
-                    replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
-                obs, ep_return, ep_len = next_obs, ep_return + float(reward), ep_len + 1
-                if terminated or truncated:
-                    p.episode += 1
-                    log.scalar("episode/return", ep_return, step)
-                    log.scalar("episode/length", ep_len, step)
-                    last_return, ep_return, ep_len = ep_return, 0.0, 0
-                    obs, _ = env.reset()
+                store(writer, actions, np.sign(rewards) if args.clip_rewards else rewards, obs, terminated,
+                      truncated, info)
+                p.episode += episodes.count(rewards, info["game_over"], step)
 
                 # sample minibatches, compute Bellman targets, take gradient steps
-                if step >= args.learning_starts and step % args.train_freq == 0:
+                for _ in range(crossed(before, step, args.train_freq) if step >= args.learning_starts else 0):
                     new_weights = learn(args, state, fit_batch, averages)
                     if new_weights is None:
                         return "diverged"
                     policy.refresh(new_weights)
-                if args.tau is None and step % args.target_update == 0:
+                for _ in range(crossed(before, step, args.target_update) if args.tau is None else 0):
                     copy_to_target()
 
                 # log, evaluate, snapshot
-                if step % args.log_every == 0:
-                    log_progress(args, state, log, averages, epsilon, last_return, bar)
-                if args.eval_every and step % args.eval_every == 0:
+                if crossed(before, step, args.log_every):
+                    log_progress(args, state, log, averages, epsilon, episodes.last_return, bar)
+                if args.eval_every and crossed(before, step, args.eval_every):
                     evaluate_periodically(args, state, policy, eval_env, log, clock)
-                if step % args.snapshot_every == 0:
+                if crossed(before, step, args.snapshot_every):
                     snapshot(run_dir, state, clock, bar)
-                if step % 100 == 0:
-                    bar.update(100)
+                if crossed(before, step, 100):
+                    bar.update(step // 100 * 100 - before // 100 * 100)
         finally:
             p.train_seconds = clock()
     return "interrupted" if ctrl_c.pressed else "finished"
+
+
+def crossed(before: int, now: int, period: int) -> int:
+    """How many multiples of `period` the step count passed going from `before` to `now`
+    (with one env: 1 exactly when now % period == 0)."""
+    return now // period - before // period
+
+
+def finite(obs: np.ndarray, rewards: np.ndarray, info: dict) -> bool:
+    """No NaN or inf in what the envs returned (one sum: they propagate into it)."""
+    return math.isfinite(obs.sum() + rewards.sum() + (info["final_obs"].sum() if "final_obs" in info else 0.0))
+
+
+def store(writer, actions, rewards, obs, terminated, truncated, info: dict) -> None:
+    """Each env's step into the replay; an env whose episode ended starts its next one from `obs`
+    (its step led to info["final_obs"] instead)."""
+    done = terminated | truncated
+    for env in range(len(actions)):
+        next_obs = info["final_obs"][env] if done[env] else obs[env]
+        writer.add(env, actions[env], rewards[env], next_obs, terminated[env], truncated[env])
+        if done[env]:
+            writer.start(env, obs[env])
+
+
+class Episodes:
+    """Each env's running return and length, logged when its game ends (the whole game with
+    every life, in raw rewards: what a user would score)."""
+
+    def __init__(self, num_envs: int, log: TensorBoardLogger):
+        self.returns, self.lengths, self.log = np.zeros(num_envs), np.zeros(num_envs, dtype=int), log
+        self.last_return = float("nan")
+
+    def count(self, rewards: np.ndarray, game_over: np.ndarray, step: int) -> int:
+        """Add one step's rewards; log the games that ended; return how many did."""
+        self.returns += rewards
+        self.lengths += 1
+        for env in np.flatnonzero(game_over):
+            self.log.scalar("episode/return", self.returns[env], step)
+            self.log.scalar("episode/length", self.lengths[env], step)
+            self.last_return, self.returns[env], self.lengths[env] = float(self.returns[env]), 0.0, 0
+        return int(game_over.sum())
 
 
 class CtrlC:
@@ -465,7 +519,7 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
     weights. Returns their returns (None when not evaluated)."""
     p = state.progress
     if status in ("diverged", "bad_env_output"):  # keep the last good snapshot: nothing is saved now
-        p.step -= 1
+        p.step -= args.num_envs
         return None, None
     if status == "interrupted":
         save_model(state.model, run_dir / f"step_{p.step}.keras")

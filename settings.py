@@ -4,6 +4,7 @@ that turn bad values into one-line errors. No TensorFlow here, so that see.py an
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +32,27 @@ PRESETS = {
     "LunarLander-v3": dict(steps=200_000, eval_every=10_000, eval_episodes=20),
 }
 
+# Every ALE game ("ALE/<Game>-v5") trains with these. They set every DQN setting, so that a
+# change of the classic-control defaults above never changes an Atari run. The recipe follows
+# the fast Pong ones (Tianshou's example: 3-step returns, a 100k replay, few updates per env
+# step, a target copy every 500 updates, lr 1e-4): the gradient step, not the env, is the cost.
+ATARI = dict(
+    steps=2_000_000, num_envs=8, threads=2, lr=1e-4, lr_end=1e-4, clip_norm=10.0, loss="huber",
+    gamma=0.99, n_step=3, double=False, prioritized=False, dueling="none", tau=None, clip_rewards=True,
+    buffer_size=100_000, batch_size=32, learning_starts=20_000,
+    train_freq=64, gradient_steps=8,  # one gradient step per 8 env steps, 8 per compiled call
+    target_update=4_000,  # env steps: every 500 gradient steps
+    epsilon_start=1.0, epsilon_end=0.01, epsilon_steps=250_000, epsilon_schedule="linear",
+    eval_every=100_000, eval_episodes=5, final_eval_episodes=20, keep_best=True,
+    snapshot_every=100_000, log_every=10_000,
+)
+PRESETS.update({"ALE/Pong-v5": ATARI, "ALE/Breakout-v5": ATARI})
+
+
+def preset(env_id: str) -> dict:
+    """The tuned settings of an env: its own, the Atari ones for any ALE game, else none."""
+    return PRESETS.get(env_id, ATARI if env_id.startswith("ALE/") else {})
+
 
 # The textbook DQN (Mnih et al. 2015, with a squared-error loss): every variant off. --plain puts
 # these in place of the defaults and the env's preset; a flag given on the command line still wins.
@@ -51,8 +73,9 @@ def make_parser() -> Parser:
 
 def add_run_flags(run) -> None:
     run.add_argument("--env", default="MountainCar-v0",
-                     help=f"Gymnasium env id with a Box observation and Discrete actions; {', '.join(PRESETS)} "
-                          "bring their own tuned defaults (see them with --env ID --help)")
+                     help=f"Gymnasium env id with a Box observation and Discrete actions, or an Atari game "
+                          f"ALE/<Game>-v5 (learned from pixels); {', '.join(PRESETS)} bring their own tuned "
+                          "defaults, any other ALE game the Atari ones (see them with --env ID --help)")
     run.add_argument("--steps", type=int, default=60_000, help="environment steps to train for")
     run.add_argument("--seed", type=int, default=0, help="seeds the env, the network and the replay sampling")
     run.add_argument("--name", default=None, help="run name (default: a timestamp); output goes to LOGDIR/NAME")
@@ -61,7 +84,10 @@ def add_run_flags(run) -> None:
                      help="continue a stopped run (Ctrl-C, kill, crash) from its last complete checkpoint, "
                           "with its saved settings")
     run.add_argument("--threads", type=int, default=1,
-                     help="TensorFlow threads; the network is tiny, so more threads mostly add overhead")
+                     help="TensorFlow threads (and the Atari games' stepping threads); a dense network is tiny, "
+                          "so more threads mostly add overhead, a conv net uses them")
+    run.add_argument("--num-envs", type=int, default=1,
+                     help="Atari: games stepped at once, acted on in one forward pass (classic envs use one)")
 
 
 def add_network_flags(net) -> None:
@@ -83,7 +109,9 @@ def add_dqn_flags(dqn) -> None:
     dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
     dqn.add_argument("--learning-starts", type=int, default=1_000,
                      help="env steps of pure exploration before the first update")
-    dqn.add_argument("--train-freq", type=int, default=16, help="env steps between training calls")
+    dqn.add_argument("--train-freq", type=int, default=16,
+                     help="env steps between training calls; --train-freq / --gradient-steps is the update "
+                          "ratio, env steps per gradient step")
     dqn.add_argument("--gradient-steps", type=int, default=16,
                      help="gradient steps per training call (one compiled call does all of them)")
     dqn.add_argument("--target-update", type=int, default=100,
@@ -110,6 +138,9 @@ def add_dqn_flags(dqn) -> None:
     dqn.add_argument("--dueling", choices=["none", "avg", "max"], default="none",
                      help="Dueling network (Wang et al. 2016): separate value and advantage heads, "
                           "Q = V + A - mean(A) (avg) or - max(A) (max)")
+    dqn.add_argument("--clip-rewards", action=argparse.BooleanOptionalAction, default=False,
+                     help="learn from the sign of each reward (-1, 0, +1), as DQN does on Atari so that one "
+                          "learning rate suits every game; returns are logged and evaluated unclipped")
     dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
     dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
     dqn.add_argument("--epsilon-steps", type=int, default=20_000,
@@ -151,16 +182,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     first.add_argument("--env", default=p.get_default("env"))
     first.add_argument("--plain", action="store_true")
     found = first.parse_known_args(argv)[0]
-    p.set_defaults(**{**PRESETS.get(found.env, {}), **(PLAIN if found.plain else {})})
+    p.set_defaults(**{**preset(found.env), **(PLAIN if found.plain else {})})
     args = p.parse_args(argv)
     check_args(args)
     return args
 
 
+def learns_from_pixels(args: argparse.Namespace) -> bool:
+    """Whether this command trains or plays an Atari game (for --resume: the run's saved env)."""
+    env = args.env
+    if args.resume:
+        try:
+            env = json.loads((Path(args.resume) / "args.json").read_text())["env"]
+        except (OSError, ValueError, KeyError, TypeError):  # run.py explains what is wrong with the folder
+            return False
+    return env.startswith("ALE/")
+
+
 def check_args(a: argparse.Namespace) -> None:
     """Reject nonsense values before anything is created or written."""
     positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps", "n_step",
-                "target_update", "eval_episodes", "snapshot_every", "log_every", "threads"]
+                "target_update", "eval_episodes", "snapshot_every", "log_every", "threads", "num_envs"]
     for name in positive:
         if getattr(a, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
@@ -192,6 +234,11 @@ def check_args(a: argparse.Namespace) -> None:
         fail("--model needs something to do: add --view, --eval, --video DIR or --gif FILE")
     if a.view and (a.video or a.gif):
         fail("--view renders to a window, --video/--gif to files: use one or the other")
+    atari = a.env.startswith("ALE/")
+    if a.num_envs > 1 and not atari:
+        fail(f"--num-envs {a.num_envs}: several envs at once are for Atari games; {a.env} trains on one")
+    if a.prioritized and atari:
+        fail("--prioritized is not available for Atari games yet (their replay stores frames, not transitions)")
     if a.model and a.resume:
         fail("--model plays a snapshot and --resume continues training: use one of them")
 
