@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from atomic import write_atomically
 from settings import fail
+from startup import quiet_stderr
 from viewer import Window, WindowClosed, WindowError
 
 
@@ -46,6 +47,7 @@ def is_atari(env_id: str) -> bool:
 
 ATARI_STACK = 4  # frames per observation: enough to see where the ball is going
 ATARI_MAX_FRAMES = 108_000  # 30 minutes of play at 60 frames a second
+ALE_NOISE = re.compile(r"^A\.L\.E: Arcade Learning Environment|^\[Powered by Stella\]")  # its C++ greeting
 
 
 def make_atari_env(env_id: str, render_mode: str | None = None) -> gym.Env:
@@ -58,7 +60,8 @@ def make_atari_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 
     gym.register_envs(ale_py)
     try:
-        env = gym.make(env_id, frameskip=1, max_num_frames_per_episode=ATARI_MAX_FRAMES, render_mode=render_mode)
+        with quiet_stderr(ALE_NOISE):
+            env = gym.make(env_id, frameskip=1, max_num_frames_per_episode=ATARI_MAX_FRAMES, render_mode=render_mode)
     except gym.error.Error as e:
         fail(f"unknown Atari game {env_id!r} ({e}); try ALE/Pong-v5 or ALE/Breakout-v5")
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, terminal_on_life_loss=False)
@@ -108,10 +111,12 @@ class AtariGames:
     def __init__(self, env_id: str, num_envs: int, threads: int):
         from ale_py.vector_env import AtariVectorEnv
 
-        game = re.sub(r"(?<!^)(?=[A-Z])", "_", env_id.removeprefix("ALE/").split("-")[0]).lower()  # SpaceInvaders -> space_invaders
-        self.envs = AtariVectorEnv(game, num_envs, num_threads=threads, autoreset_mode="SameStep",
-                                   repeat_action_probability=0.25, max_num_frames_per_episode=ATARI_MAX_FRAMES,
-                                   episodic_life=False, life_loss_info=True, reward_clipping=False)
+        name = env_id.removeprefix("ALE/").split("-")[0]
+        game = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()  # ale_py's name: SpaceInvaders -> space_invaders
+        with quiet_stderr(ALE_NOISE):
+            self.envs = AtariVectorEnv(game, num_envs, num_threads=threads, autoreset_mode="SameStep",
+                                       repeat_action_probability=0.25, max_num_frames_per_episode=ATARI_MAX_FRAMES,
+                                       episodic_life=False, life_loss_info=True, reward_clipping=False)
         self.num_envs, self.spec = num_envs, gym.spec(env_id)
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from settings import fail, learns_from_pixels, parse_args
+from settings import fail, learns_from_pixels, make_parser, parse_args
 from startup import load_tensorflow
 
 STARTED = time.time()  # wall-clock start, before the slow TensorFlow import
@@ -198,7 +198,8 @@ def new_state(args: argparse.Namespace, envs) -> TrainingState:
                      for _ in range(2))
     target.set_weights(model.get_weights())
     if len(obs_shape) == 3:  # stacks of frames: each frame stored once
-        replay = FrameReplayBuffer(args.buffer_size, envs.num_envs, obs_shape[1:], obs_shape[0], args.n_step, args.gamma)
+        replay = FrameReplayBuffer(args.buffer_size, envs.num_envs, obs_shape[1:], obs_shape[0], args.n_step,
+                                   args.gamma)
     elif args.prioritized:
         replay = PrioritizedReplayBuffer(args.buffer_size, obs_shape, args.per_alpha, args.per_eps)
     else:
@@ -615,7 +616,9 @@ def resumable_run(run_dir: Path) -> argparse.Namespace:
                  "start it again as a new run")
         fail(f"{run_dir} has no resume state; pass a run directory written by run.py, e.g. runs/<name>")
     try:
-        saved = argparse.Namespace(**json.loads((run_dir / "args.json").read_text()))
+        # Flags added since the run was written take their defaults (their behaviour before they existed).
+        defaults = vars(make_parser().parse_args([]))
+        saved = argparse.Namespace(**{**defaults, **json.loads((run_dir / "args.json").read_text())})
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     except (OSError, ValueError, TypeError) as e:
         fail(f"{run_dir}'s args.json or summary.json is not readable ({e}); start a new run")

@@ -110,8 +110,9 @@ def add_dqn_flags(dqn) -> None:
     dqn.add_argument("--learning-starts", type=int, default=1_000,
                      help="env steps of pure exploration before the first update")
     dqn.add_argument("--train-freq", type=int, default=16,
-                     help="env steps between training calls; --train-freq / --gradient-steps is the update "
-                          "ratio, env steps per gradient step")
+                     help="env steps between training calls (all envs' steps counted); "
+                          "--train-freq / --gradient-steps is the update ratio, "
+                          "env steps per gradient step")
     dqn.add_argument("--gradient-steps", type=int, default=16,
                      help="gradient steps per training call (one compiled call does all of them)")
     dqn.add_argument("--target-update", type=int, default=100,

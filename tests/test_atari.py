@@ -1,8 +1,15 @@
-"""Atari from pixels: the evaluation env's preprocessing, and its stacks against ale_py's vector env."""
+"""Atari from pixels: the evaluation env's preprocessing, the training games' episodes and what
+the loop stores of them, and a short real Pong training that plays back."""
 
+import json
+
+import imageio.v3 as iio
 import numpy as np
+from conftest import run_main
 
-from envs import make_env
+from envs import AtariGames, make_env
+from frame_replay import FrameReplayBuffer
+from run import store
 
 
 def test_the_evaluation_env_gives_stacks_of_84x84_grey_uint8_frames_zero_padded():
@@ -19,3 +26,56 @@ def test_the_evaluation_env_gives_stacks_of_84x84_grey_uint8_frames_zero_padded(
     assert unwrapped.spec.kwargs["repeat_action_probability"] == 0.25  # v5's sticky actions
     assert unwrapped.spec.kwargs["max_num_frames_per_episode"] == 108_000
     env.close()
+
+
+def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen():
+    """Breakout in two ale_py games, random actions, through the loop's store() into the frame
+    replay: a lost life is terminated but the frames go on; a game over starts a zero-padded
+    stack; every stored transition is one the envs really produced."""
+    games = AtariGames("ALE/Breakout-v5", num_envs=2, threads=1)
+    obs, _ = games.reset(seed=0)
+    replay = FrameReplayBuffer(2 * 3000, num_envs=2, n_step=1)
+    for env in range(2):
+        replay.start(env, obs[env])
+    rng, seen, kinds = np.random.default_rng(0), set(), {"life": 0, "game": 0}
+    for _ in range(1000):
+        actions = rng.integers(4, size=2)
+        before = obs
+        obs, rewards, terminated, truncated, info = games.step(actions)
+        store(replay, actions, np.sign(rewards), obs, terminated, truncated, info)
+        for env in range(2):
+            done = terminated[env] or truncated[env]
+            next_obs = info["final_obs"][env] if done else obs[env]
+            np.testing.assert_array_equal(next_obs[:3], before[env][1:])  # the step's own next frame
+            if info["game_over"][env]:
+                kinds["game"] += 1
+                assert not obs[env][:3].any()  # the next game's first stack
+            elif terminated[env]:
+                kinds["life"] += 1
+                np.testing.assert_array_equal(obs[env], next_obs)  # the game goes on
+            seen.add((before[env].tobytes(), int(actions[env]), float(np.sign(rewards[env])), next_obs.tobytes(),
+                      bool(terminated[env])))
+    games.close()
+    assert kinds["life"] >= 5 and kinds["game"] >= 1
+    slots = np.flatnonzero(replay.sampleable(np.arange(2 * 3000)))
+    batch = replay.transitions(slots)
+    stored = {(batch.obs[i].tobytes(), int(batch.action[i]), float(batch.reward[i]), batch.next_obs[i].tobytes(),
+               bool(batch.terminated[i])) for i in range(len(slots))}
+    assert len(slots) == 2000 and stored == seen
+
+
+def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys):
+    assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "4", "--steps", "1000",
+                    "--learning-starts", "400", "--train-freq", "40", "--gradient-steps", "2", "--buffer-size", "4000",
+                    "--eval-every", "500", "--eval-episodes", "1", "--final-eval-episodes", "1",
+                    "--snapshot-every", "500", "--log-every", "500", "--logdir", tmp_path, "--name", "pong") == 0
+    run_dir = tmp_path / "pong"
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "finished" and s["steps"] == 1000 and len(s["evals"]) == 2
+    assert -21 <= s["final_eval_mean"] <= 21 and s["final_eval_episodes"] == 1
+    assert "replay: 4,000 frames" in capsys.readouterr().out
+    gif = tmp_path / "pong.gif"
+    assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--model", run_dir / "final.keras", "--eval",
+                    "--episodes", "1", "--gif", gif, "--seed", "3") == 0
+    assert "ALE/Pong-v5: mean return" in capsys.readouterr().out
+    assert len(iio.imread(gif)) > 100  # a whole game, every 2nd frame

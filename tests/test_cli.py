@@ -64,6 +64,12 @@ def test_see_random_agent_records_video_without_loading_tensorflow(tmp_path):
     assert "gymnasium" in imported and not {"tensorflow", "keras"} & imported
 
 
+def test_see_plays_an_atari_game_without_the_emulators_greeting(tmp_path):
+    r = script("see.py", "--env", "ALE/Pong-v5", "--episodes", "1", "--gif", "pong.gif", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # ale_py writes two lines from C++ at its first env
+    assert re.fullmatch(r"episode 1: return -\d+\.0\n", r.stdout) and (tmp_path / "pong.gif").is_file()
+
+
 @pytest.mark.parametrize("name, args", [("see.py", []), ("run.py", ["--model", "MODEL", "--view"])])
 def test_window_without_a_display_is_a_clear_error(trained_run, tmp_path, name, args):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
@@ -108,7 +114,7 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn):
                "--final-eval-episodes", "1", "--log-every", "500", "--snapshot-every", "500", "--name", "clean",
                cwd=tmp_path, env={"TF_ENABLE_ONEDNN_OPTS": onednn})
     assert r.returncode == 0, r.stderr
-    own = ("episode ", "saved step_", "final eval: ", "1000 steps in ")
+    own = ("replay: ", "episode ", "saved step_", "final eval: ", "1000 steps in ")
     assert all(line.startswith(own) for line in r.stdout.splitlines()), r.stdout
     assert sum(line.startswith("saved step_") for line in r.stdout.splitlines()) == 2
     bars = [seg for seg in re.split(r"[\r\n]|\x1b\[A", r.stderr) if seg.strip()]

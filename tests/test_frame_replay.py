@@ -114,3 +114,26 @@ def test_each_frame_is_stored_once():
     buffer = FrameReplayBuffer(100_000, num_envs=8)
     assert buffer.frame.shape == (100_000, 84, 84) and buffer.frame.dtype == np.uint8
     assert buffer.nbytes < 100_000 * (84 * 84 + 16)  # vs 2 * 4 * 84 * 84 per transition stored whole
+
+
+def test_an_episode_cut_short_by_a_resume_ends_there_as_if_truncated():
+    # A resumed run starts new episodes in every env: the one left running becomes a truncated one.
+    buffer = FrameReplayBuffer(100, num_envs=1, frame_shape=(2,), n_step=3, gamma=0.9)
+    play(buffer, [[(6, "running"), (5, "terminated")]], 3, 0.9)
+    naive = play(FrameReplayBuffer(100, num_envs=1, frame_shape=(2,), n_step=3, gamma=0.9),
+                 [[(6, "truncated"), (5, "terminated")]], 3, 0.9)
+    ok = buffer.sampleable(np.arange(100))
+    assert ok.sum() == len(naive) == 11
+    assert_same(buffer, np.arange(100)[ok], naive)
+
+
+def test_a_restored_buffer_serves_the_same_transitions():
+    buffer = FrameReplayBuffer(2 * 40, num_envs=2, frame_shape=(2,), n_step=3, gamma=0.99)
+    naive = play(buffer, [[(30, "terminated"), (25, "running")], [(50, "truncated"), (9, "running")]], 3, 0.99)
+    restored = FrameReplayBuffer(2 * 40, num_envs=2, frame_shape=(2,), n_step=3, gamma=0.99)
+    restored.restore({name: array.copy() for name, array in buffer.arrays().items()})
+    slots = np.arange(2 * 40)
+    np.testing.assert_array_equal(restored.sampleable(slots), buffer.sampleable(slots))
+    assert_same(restored, slots[buffer.sampleable(slots)], naive)
+    with pytest.raises(ValueError, match="holds 80 frames of 2 envs"):
+        FrameReplayBuffer(2 * 50, num_envs=2, frame_shape=(2,)).restore(buffer.arrays())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer, SumTree
+from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer, StepWriter, SumTree
 
 
 def fill(buf: ReplayBuffer, n: int) -> None:
@@ -153,3 +153,23 @@ def test_prioritized_save_and_load_keeps_priorities(tmp_path):
     other.restore(save_and_load(buf, tmp_path / "replay.npz"))
     np.testing.assert_array_equal(other.tree.nodes, buf.tree.nodes)
     assert other.max_priority == buf.max_priority and other.next == buf.next
+
+
+def test_step_writer_forms_each_envs_n_step_transitions_from_interleaved_steps():
+    replay = ReplayBuffer(100, (1,))
+    writer = StepWriter(replay, num_envs=2, n_step=2, gamma=0.5)
+    writer.start(0, np.array([0.0]))
+    writer.start(1, np.array([100.0]))
+    # env 0: 0 -> 1 -> 2 (terminated); env 1: 100 -> 101 -> 102 -> 103, still running
+    for t in range(3):
+        if t < 2:
+            writer.add(0, 0, 1.0, np.array([t + 1.0]), terminated=t == 1, truncated=False)
+        writer.add(1, 1, 10.0, np.array([101.0 + t]), terminated=False, truncated=False)
+    stored = {(float(replay.obs[i, 0]), float(replay.reward[i]), float(replay.next_obs[i, 0]),
+               float(replay.terminated[i]), float(replay.discount[i])) for i in range(len(replay))}
+    assert stored == {(0.0, 1.5, 2.0, 1.0, 0.25), (1.0, 1.0, 2.0, 1.0, 0.5),  # env 0's episode, flushed at its end
+                      (100.0, 15.0, 102.0, 0.0, 0.25), (101.0, 15.0, 103.0, 0.0, 0.25)}  # env 1: complete 2-step ones
+    writer.start(1, np.array([200.0]))  # a resumed run: env 1's pending step is dropped, not joined to the new episode
+    writer.add(1, 1, 10.0, np.array([201.0]), terminated=True, truncated=False)
+    assert (float(replay.obs[len(replay) - 1, 0]), float(replay.next_obs[len(replay) - 1, 0])) == (200.0, 201.0)
+    assert len(replay) == 5

@@ -24,6 +24,9 @@ import settings
     (["--episodes", "0"], "--episodes must be at least 1"),
     (["--seed", "-1"], "--seed must be in [0, 2**31)"),
     (["--seed", str(2**31)], "--seed must be in [0, 2**31)"),
+    (["--num-envs", "4"], "several envs at once are for Atari games"),
+    (["--env", "ALE/Pong-v5", "--prioritized"], "--prioritized is not available for Atari games yet"),
+    (["--env", "ALE/Pong-v5", "--num-envs", "0"], "--num-envs must be at least 1"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -57,3 +60,25 @@ def test_plain_switches_every_variant_off_and_flags_still_win(monkeypatch):
     assert {k: getattr(plain, k) for k in every_variant_on} == settings.PLAIN == dict(
         n_step=1, double=False, prioritized=False, dueling="none", tau=None, loss="mse")
     assert settings.parse_args(["--env", "CartPole-v1", "--plain", "--double"]).double is True  # a flag still wins
+
+
+def test_every_atari_game_gets_the_atari_preset_which_sets_every_dqn_setting():
+    # So that a later change of the classic-control defaults cannot change an Atari run.
+    dqn_settings = {"steps", "num_envs", "threads", "lr", "lr_end", "clip_norm", "loss", "gamma", "n_step", "double",
+                    "prioritized", "dueling", "tau", "clip_rewards", "buffer_size", "batch_size", "learning_starts",
+                    "train_freq", "gradient_steps", "target_update", "epsilon_start", "epsilon_end", "epsilon_steps",
+                    "epsilon_schedule", "eval_every", "eval_episodes", "final_eval_episodes", "keep_best"}
+    assert dqn_settings <= set(settings.ATARI)
+    for env in ["ALE/Pong-v5", "ALE/Breakout-v5", "ALE/SpaceInvaders-v5"]:
+        args = settings.parse_args(["--env", env])
+        assert {k: getattr(args, k) for k in settings.ATARI} == settings.ATARI, env
+    assert settings.parse_args(["--env", "ALE/Pong-v5", "--num-envs", "2"]).num_envs == 2
+
+
+def test_a_resumed_run_learns_from_pixels_if_its_saved_env_is_atari(tmp_path):
+    (tmp_path / "args.json").write_text('{"env": "ALE/Pong-v5"}')
+    assert settings.learns_from_pixels(settings.parse_args(["--resume", str(tmp_path)]))
+    (tmp_path / "args.json").write_text('{"env": "CartPole-v1"}')
+    assert not settings.learns_from_pixels(settings.parse_args(["--resume", str(tmp_path)]))
+    assert not settings.learns_from_pixels(settings.parse_args(["--resume", str(tmp_path / "missing")]))
+    assert settings.learns_from_pixels(settings.parse_args(["--env", "ALE/Breakout-v5"]))
