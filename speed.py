@@ -5,6 +5,10 @@ Throughput:  python speed.py --steps 20000
     a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
     In the same run, alternating with it: one compiled call per env step, and every DQN
     variant switched on at once; then it times prioritized-replay sampling in process.
+Atari:       python speed.py --atari ALE/Pong-v5
+    where an Atari training's time goes: the games alone (random actions, the preset's envs and
+    threads, in this process) against trainings at the preset's update ratio, alternating,
+    `--repeats` times each; last line: atari_steps_per_second: X (the trainings' median).
 Memory:      python speed.py --memory
     peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
     every 40 steps over 40,000 steps and every 100 over 120,000; last line: peak_rss_mb: X.
@@ -18,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+import settings
 from bench import run_trial
+from envs import AtariGames
 from replay_buffer import PrioritizedReplayBuffer
 from settings import Parser, fail
 
@@ -81,6 +87,47 @@ def throughput(root: Path, flags: list[str], repeats: int) -> None:
     print(f"steps_per_second: {base:.0f}")
 
 
+# A training at full cost from its first steps: the update ratio, batch and envs of the preset, but
+# learning from step 1,000 and acting greedily (every env's action from the network) throughout.
+ATARI_SPEED = ["--steps", "30000", "--learning-starts", "1000", "--epsilon-start", "0.01", "--epsilon-end", "0.01",
+               "--eval-every", "0", "--final-eval-episodes", "0", "--snapshot-every", "1000000"]
+
+
+def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
+    """Env steps/s of the games alone and of whole trainings (acting, storing, updating)."""
+    preset = settings.preset(env_id)
+    alone, trained = [], []
+    for r in range(repeats):
+        alone.append(time_atari_games(env_id, preset["num_envs"], preset["threads"]))
+        trial = dict(name=f"atari-{r}", config="atari", seed=r, flags=["--env", env_id, *ATARI_SPEED, *flags],
+                     run_dir=str((root / f"atari-{r}").resolve()))
+        s = run_trial(trial)
+        if s["status"] != "finished":
+            fail(f"the Atari training {trial['name']} failed: {s['error']}")
+        trained.append(s["steps_per_second"])
+    ratio = preset["train_freq"] / preset["gradient_steps"]
+    print(f"{env_id}, {preset['num_envs']} games, {preset['threads']} threads:")
+    print(f"  games alone (random actions): {', '.join(f'{v:.0f}' for v in alone)} env steps/s, "
+          f"median {statistics.median(alone):.0f}")
+    print(f"  training (one gradient step per {ratio:g} env steps): {', '.join(f'{v:.0f}' for v in trained)} "
+          f"env steps/s, median {statistics.median(trained):.0f}")
+    print(f"atari_steps_per_second: {statistics.median(trained):.0f}")
+
+
+def time_atari_games(env_id: str, num_envs: int, threads: int, steps: int = 40_000) -> float:
+    """Env steps/s of the training games with random actions (no network, no replay)."""
+    games = AtariGames(env_id, num_envs, threads)
+    games.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.integers(games.single_action_space.n, size=(steps // num_envs, num_envs))
+    t0 = time.perf_counter()
+    for a in actions:
+        games.step(a)
+    seconds = time.perf_counter() - t0
+    games.close()
+    return len(actions) * num_envs / seconds
+
+
 def time_prioritized_sampling(shape: int | tuple[int, int], items: int = 100_000,
                               calls: int = 1000) -> tuple[float, float]:
     """Median microseconds per minibatch to sample `shape` (64, or (16, 64) as the training loop
@@ -104,6 +151,7 @@ def time_prioritized_sampling(shape: int | tuple[int, int], items: int = 100_000
 def main() -> int:
     p = Parser(prog="speed.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--memory", action="store_true", help="measure peak memory instead of throughput")
+    p.add_argument("--atari", metavar="ENV", default=None, help="measure an Atari game's training, e.g. ALE/Pong-v5")
     p.add_argument("--steps", type=int, default=None, help="run.py --steps of each throughput training")
     p.add_argument("--repeats", type=int, default=3, help="throughput repetitions (the median is reported)")
     p.add_argument("--name", default=None, help="the trainings go to LOGDIR/NAME (default: a timestamp)")
@@ -115,8 +163,12 @@ def main() -> int:
     root = Path(a.logdir) / (a.name or time.strftime("speed-%Y%m%d-%H%M%S"))
     if root.exists():
         fail(f"{root} already exists; choose another --name")
+    if a.atari and not a.atari.startswith("ALE/"):
+        fail(f"--atari takes an Atari game id such as ALE/Pong-v5, got {a.atari!r}")
     if a.memory:
         memory(root, a.flags)
+    elif a.atari:
+        atari(root, a.atari, a.flags, a.repeats)
     else:
         throughput(root, [*(["--steps", str(a.steps)] if a.steps else []), *a.flags], a.repeats)
     return 0

@@ -5,6 +5,7 @@ import json
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 from conftest import run_main
 
 from envs import AtariGames, make_env
@@ -64,6 +65,7 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
     assert len(slots) == 2000 and stored == seen
 
 
+@pytest.mark.slow
 def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys):
     assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "4", "--steps", "1000",
                     "--learning-starts", "400", "--train-freq", "40", "--gradient-steps", "2", "--buffer-size", "4000",

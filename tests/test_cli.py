@@ -122,7 +122,8 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn):
 
 
 @pytest.mark.parametrize("args, message", [(["--repeats", "0"], "--repeats must be at least 1"),
-                                           (["--steps", "x"], "invalid int value")])
+                                           (["--steps", "x"], "invalid int value"),
+                                           (["--atari", "Pong"], "--atari takes an Atari game id")])
 def test_speed_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert message in one_line_exit_2(script("speed.py", *args, cwd=tmp_path), "speed.py")
     assert list(tmp_path.iterdir()) == []
