@@ -71,8 +71,13 @@ def make_atari_env(env_id: str, render_mode: str | None = None) -> gym.Env:
 # ------------------------------------------------------------------------- training envs
 # The training loop steps N envs at once and sees them as one vector env: batched arrays, an
 # ended episode's next one started within the same step (its last observation in
-# info["final_obs"]), and info["game_over"] marking the envs whose whole game (the episode a
-# user scores) ended there.
+# info["final_obs"]), and, when whole games (the episodes a user scores) end, their raw returns
+# and lengths in info["episode"] and which envs they were in info["_episode"] (Gymnasium's
+# RecordEpisodeStatistics convention).
+
+
+def episode_info(info: dict, ended: np.ndarray, returns: np.ndarray, lengths: np.ndarray) -> None:
+    info["episode"], info["_episode"] = {"r": returns, "l": lengths}, ended
 
 
 class OneEnv:
@@ -86,15 +91,16 @@ class OneEnv:
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
         obs, info = self.env.reset(seed=seed)
+        self.ret, self.len = 0.0, 0
         return obs[None], info
 
     def step(self, actions: np.ndarray) -> tuple:
         obs, reward, terminated, truncated, _ = self.env.step(int(actions[0]))
-        done = terminated or truncated
-        info = {"game_over": np.array([done])}
-        if done:
+        self.ret, self.len, info = self.ret + float(reward), self.len + 1, {}
+        if terminated or truncated:
             info["final_obs"] = obs[None]
-            obs, _ = self.env.reset()
+            episode_info(info, np.array([True]), np.array([self.ret]), np.array([self.len]))
+            (obs,), _ = self.reset()
         return obs[None], np.array([reward]), np.array([terminated]), np.array([truncated]), info
 
     def close(self) -> None:
@@ -123,7 +129,7 @@ class AtariGames:
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
         obs, info = self.envs.reset(seed=seed)
-        self.lives = info["lives"]
+        self.lives, self.returns, self.lengths = info["lives"], np.zeros(self.num_envs), np.zeros(self.num_envs, int)
         return obs, info
 
     def step(self, actions: np.ndarray) -> tuple:
@@ -135,7 +141,11 @@ class AtariGames:
         game_over = (terminated | truncated) & ~life_lost
         if "final_obs" in info:
             info["final_obs"] = np.where(game_over[:, None, None, None], info["final_obs"], obs)
-        info["game_over"] = game_over
+        self.returns += reward
+        self.lengths += 1
+        if game_over.any():
+            episode_info(info, game_over, self.returns.copy(), self.lengths.copy())
+            self.returns[game_over], self.lengths[game_over] = 0.0, 0
         return obs, reward, terminated, truncated, info
 
     def close(self) -> None:

@@ -169,11 +169,14 @@ class Policy:
 
     def epsilon_greedy_batch(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
         """One action per env of a vector env: random with probability epsilon each, otherwise
-        greedy, from one forward pass over the envs that act greedily. Draws from `rng` in the
-        order epsilon_greedy does, so one env gives the same actions as epsilon_greedy."""
+        greedy, from one forward pass over all envs (always the same batch shape, so a compiled
+        network is traced once). Draws from `rng` in the order epsilon_greedy does, so one env
+        gives the same actions as epsilon_greedy."""
         explore = rng.random(len(obs)) < epsilon
-        actions = np.empty(len(obs), dtype=np.int64)
-        actions[explore] = rng.integers(self.n_actions, size=int(explore.sum()))
-        if not explore.all():
-            actions[~explore] = np.argmax(self.q_values(obs[~explore]), axis=1)
+        explorers = np.count_nonzero(explore)
+        if explorers == len(obs):
+            return rng.integers(self.n_actions, size=explorers)
+        actions = np.argmax(self.q_values(obs), axis=1)
+        if explorers:
+            actions[explore] = rng.integers(self.n_actions, size=explorers)
         return actions

@@ -318,7 +318,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
                                                                               args.gamma)
     for env in range(envs.num_envs):
         writer.start(env, obs[env])
-    epsilon_schedule, episodes = make_epsilon_schedule(args), Episodes(envs.num_envs, log)
+    epsilon_schedule, last_return = make_epsilon_schedule(args), float("nan")
     clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
     with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1) as bar:
@@ -334,7 +334,9 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
                     return "bad_env_output"
                 store(writer, actions, np.sign(rewards) if args.clip_rewards else rewards, obs, terminated,
                       truncated, info)
-                p.episode += episodes.count(rewards, info["game_over"], step)
+                if "episode" in info:  # whole games ended: their raw scores
+                    returns = log_episodes(log, info, step)
+                    p.episode, last_return = p.episode + len(returns), returns[-1]
 
                 # sample minibatches, compute Bellman targets, take gradient steps
                 for _ in range(crossed(before, step, args.train_freq) if step >= args.learning_starts else 0):
@@ -347,7 +349,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
 
                 # log, evaluate, snapshot
                 if crossed(before, step, args.log_every):
-                    log_progress(args, state, log, averages, epsilon, episodes.last_return, bar)
+                    log_progress(args, state, log, averages, epsilon, last_return, bar)
                 if args.eval_every and crossed(before, step, args.eval_every):
                     evaluate_periodically(args, state, policy, eval_env, log, clock)
                 if crossed(before, step, args.snapshot_every):
@@ -381,23 +383,13 @@ def store(writer, actions, rewards, obs, terminated, truncated, info: dict) -> N
             writer.start(env, obs[env])
 
 
-class Episodes:
-    """Each env's running return and length, logged when its game ends (the whole game with
-    every life, in raw rewards: what a user would score)."""
-
-    def __init__(self, num_envs: int, log: TensorBoardLogger):
-        self.returns, self.lengths, self.log = np.zeros(num_envs), np.zeros(num_envs, dtype=int), log
-        self.last_return = float("nan")
-
-    def count(self, rewards: np.ndarray, game_over: np.ndarray, step: int) -> int:
-        """Add one step's rewards; log the games that ended; return how many did."""
-        self.returns += rewards
-        self.lengths += 1
-        for env in np.flatnonzero(game_over):
-            self.log.scalar("episode/return", self.returns[env], step)
-            self.log.scalar("episode/length", self.lengths[env], step)
-            self.last_return, self.returns[env], self.lengths[env] = float(self.returns[env]), 0.0, 0
-        return int(game_over.sum())
+def log_episodes(log: TensorBoardLogger, info: dict, step: int) -> list[float]:
+    """Log the return and length of each game that ended in this step; return those returns."""
+    ended = np.flatnonzero(info["_episode"])
+    for env in ended:
+        log.scalar("episode/return", info["episode"]["r"][env], step)
+        log.scalar("episode/length", info["episode"]["l"][env], step)
+    return [float(info["episode"]["r"][env]) for env in ended]
 
 
 class CtrlC:

@@ -48,7 +48,7 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
             done = terminated[env] or truncated[env]
             next_obs = info["final_obs"][env] if done else obs[env]
             np.testing.assert_array_equal(next_obs[:3], before[env][1:])  # the step's own next frame
-            if info["game_over"][env]:
+            if "episode" in info and info["_episode"][env]:
                 kinds["game"] += 1
                 assert not obs[env][:3].any()  # the next game's first stack
             elif terminated[env]:
