@@ -69,11 +69,11 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
 def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys):
     assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "4", "--steps", "800",
                     "--learning-starts", "400", "--train-freq", "40", "--gradient-steps", "2", "--buffer-size", "4000",
-                    "--eval-every", "800", "--eval-episodes", "1", "--final-eval-episodes", "1", "--no-keep-best",
+                    "--eval-every", "0", "--final-eval-episodes", "1", "--no-keep-best",
                     "--snapshot-every", "400", "--log-every", "400", "--logdir", tmp_path, "--name", "pong") == 0
     run_dir = tmp_path / "pong"
     s = json.loads((run_dir / "summary.json").read_text())
-    assert s["status"] == "finished" and s["steps"] == 800 and len(s["evals"]) == 1
+    assert s["status"] == "finished" and s["steps"] == 800
     assert (run_dir / "step_400.keras").is_file() and (run_dir / "checkpoint.npz").is_file()
     assert -21 <= s["final_eval_mean"] <= 21 and s["final_eval_episodes"] == 1
     assert "replay: 4,000 frames" in capsys.readouterr().out
