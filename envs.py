@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from atomic import write_atomically
-from settings import fail
+from settings import fail, is_atari
 from startup import quiet_stderr
 from viewer import Window, WindowClosed, WindowError
 
@@ -39,10 +39,6 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
         # position [-1.2, 0.6]; unscaled, the network can hardly tell velocities apart.
         env = gym.wrappers.RescaleObservation(env, -np.ones_like(space.low), np.ones_like(space.high))
     return env
-
-
-def is_atari(env_id: str) -> bool:
-    return env_id.startswith("ALE/")
 
 
 ATARI_STACK = 4  # frames per observation: enough to see where the ball is going
@@ -86,7 +82,7 @@ class OneEnv:
     num_envs = 1
 
     def __init__(self, env: gym.Env):
-        self.env, self.spec = env, env.spec
+        self.env = env
         self.single_observation_space, self.single_action_space = env.observation_space, env.action_space
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
@@ -123,7 +119,7 @@ class AtariGames:
             self.envs = AtariVectorEnv(game, num_envs, num_threads=threads, autoreset_mode="SameStep",
                                        repeat_action_probability=0.25, max_num_frames_per_episode=ATARI_MAX_FRAMES,
                                        episodic_life=False, life_loss_info=True, reward_clipping=False)
-        self.num_envs, self.spec = num_envs, gym.spec(env_id)
+        self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
 
@@ -153,9 +149,9 @@ class AtariGames:
 
 
 def make_training_envs(env_id: str, num_envs: int, threads: int):
-    """The vector env the training loop steps: Atari games, or one classic env."""
+    """The vector env the training loop steps: Atari games, or one classic env. The id has been
+    checked already (run.py makes the env once before writing anything)."""
     if is_atari(env_id):
-        make_atari_env(env_id).close()  # the same one-line error for an unknown game
         return AtariGames(env_id, num_envs, threads)
     return OneEnv(make_env(env_id))
 

@@ -162,16 +162,12 @@ class Policy:
     def greedy(self, obs: np.ndarray) -> int:
         return int(np.argmax(self.q_values(obs[None])[0]))
 
-    def epsilon_greedy(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
-        if rng.random() < epsilon:
-            return int(rng.integers(self.n_actions))
-        return self.greedy(obs)
-
-    def epsilon_greedy_batch(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-        """One action per env of a vector env: random with probability epsilon each, otherwise
-        greedy, from one forward pass over all envs (always the same batch shape, so a compiled
-        network is traced once). Draws from `rng` in the order epsilon_greedy does, so one env
-        gives the same actions as epsilon_greedy."""
+    def epsilon_greedy(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+        """One action per env of a vector env (obs: one row per env): random with probability
+        epsilon each, otherwise greedy, from one forward pass over all envs (always the same batch
+        shape, so a compiled network is traced once). With one env it draws from `rng` what the
+        single-env loop before it drew (a uniform number, then an action only when exploring), so
+        a seed's classic-control run is unchanged."""
         explore = rng.random(len(obs)) < epsilon
         explorers = np.count_nonzero(explore)
         if explorers == len(obs):

@@ -278,7 +278,8 @@ saving_lib.get_attr_skipset = functools.cache(saving_lib.get_attr_skipset)
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     """Train a DQN agent, writing logs, snapshots and summary.json to run_dir; return the summary."""
     # Evaluation plays whole games on its own env, never stepping (and cutting short) the training envs'.
-    envs, eval_env = make_training_envs(args.env, args.num_envs, args.threads), make_env(args.env)
+    eval_env = make_env(args.env)
+    envs = make_training_envs(args.env, args.num_envs, args.threads)
     state = new_state(args, envs)
     print(f"replay: {args.buffer_size:,} {'frames' if isinstance(state.replay, FrameReplayBuffer) else 'transitions'}"
           f", {state.replay.nbytes / 2**20:,.0f} MiB", flush=True)
@@ -328,7 +329,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
                 p.step = step = before + envs.num_envs
                 # act, step the envs, store the transitions
                 epsilon = epsilon_schedule(step)
-                actions = policy.epsilon_greedy_batch(obs, epsilon, rng)
+                actions = policy.epsilon_greedy(obs, epsilon, rng)
                 obs, rewards, terminated, truncated, info = envs.step(actions)
                 if not finite(obs, rewards, info):
                     return "bad_env_output"
@@ -354,8 +355,8 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
                     evaluate_periodically(args, state, policy, eval_env, log, clock)
                 if crossed(before, step, args.snapshot_every):
                     snapshot(run_dir, state, clock, bar)
-                if crossed(before, step, 100):
-                    bar.update(step // 100 * 100 - before // 100 * 100)
+                if hundreds := crossed(before, step, 100):
+                    bar.update(100 * hundreds)
         finally:
             p.train_seconds = clock()
     return "interrupted" if ctrl_c.pressed else "finished"
@@ -368,8 +369,12 @@ def crossed(before: int, now: int, period: int) -> int:
 
 
 def finite(obs: np.ndarray, rewards: np.ndarray, info: dict) -> bool:
-    """No NaN or inf in what the envs returned (one sum: they propagate into it)."""
-    return math.isfinite(obs.sum() + rewards.sum() + (info["final_obs"].sum() if "final_obs" in info else 0.0))
+    """No NaN or inf in what the envs returned (one sum: they propagate into it). Integer
+    observations (Atari frames) cannot hold either: summing them would only cost time."""
+    total = rewards.sum()
+    if obs.dtype.kind == "f":
+        total += obs.sum() + (info["final_obs"].sum() if "final_obs" in info else 0.0)
+    return math.isfinite(total)
 
 
 def store(writer, actions, rewards, obs, terminated, truncated, info: dict) -> None:

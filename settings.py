@@ -49,9 +49,13 @@ ATARI = dict(
 PRESETS.update({"ALE/Pong-v5": ATARI, "ALE/Breakout-v5": ATARI})
 
 
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
 def preset(env_id: str) -> dict:
     """The tuned settings of an env: its own, the Atari ones for any ALE game, else none."""
-    return PRESETS.get(env_id, ATARI if env_id.startswith("ALE/") else {})
+    return PRESETS.get(env_id, ATARI if is_atari(env_id) else {})
 
 
 # The textbook DQN (Mnih et al. 2015, with a squared-error loss): every variant off. --plain puts
@@ -197,7 +201,7 @@ def learns_from_pixels(args: argparse.Namespace) -> bool:
             env = json.loads((Path(args.resume) / "args.json").read_text())["env"]
         except (OSError, ValueError, KeyError, TypeError):  # run.py explains what is wrong with the folder
             return False
-    return env.startswith("ALE/")
+    return is_atari(env)
 
 
 def check_args(a: argparse.Namespace) -> None:
@@ -235,10 +239,9 @@ def check_args(a: argparse.Namespace) -> None:
         fail("--model needs something to do: add --view, --eval, --video DIR or --gif FILE")
     if a.view and (a.video or a.gif):
         fail("--view renders to a window, --video/--gif to files: use one or the other")
-    atari = a.env.startswith("ALE/")
-    if a.num_envs > 1 and not atari:
+    if a.num_envs > 1 and not is_atari(a.env):
         fail(f"--num-envs {a.num_envs}: several envs at once are for Atari games; {a.env} trains on one")
-    if a.prioritized and atari:
+    if a.prioritized and is_atari(a.env):
         fail("--prioritized is not available for Atari games yet (their replay stores frames, not transitions)")
     if a.model and a.resume:
         fail("--model plays a snapshot and --resume continues training: use one of them")

@@ -163,7 +163,7 @@ def main() -> int:
     root = Path(a.logdir) / (a.name or time.strftime("speed-%Y%m%d-%H%M%S"))
     if root.exists():
         fail(f"{root} already exists; choose another --name")
-    if a.atari and not a.atari.startswith("ALE/"):
+    if a.atari and not settings.is_atari(a.atari):
         fail(f"--atari takes an Atari game id such as ALE/Pong-v5, got {a.atari!r}")
     if a.memory:
         memory(root, a.flags)

@@ -114,8 +114,8 @@ def test_epsilon_schedule():
 def test_epsilon_greedy_action(model):
     policy, obs, rng = Policy(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
     greedy = policy.greedy(obs)
-    assert all(policy.epsilon_greedy(obs, 0.0, rng) == greedy for _ in range(100))
-    counts = np.bincount([policy.epsilon_greedy(obs, 1.0, rng) for _ in range(3000)], minlength=3)
+    assert all(policy.epsilon_greedy(obs[None], 0.0, rng)[0] == greedy for _ in range(100))
+    counts = np.bincount([policy.epsilon_greedy(obs[None], 1.0, rng)[0] for _ in range(3000)], minlength=3)
     assert counts.min() > 900  # uniform over the 3 actions
 
 
@@ -313,15 +313,19 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     np.testing.assert_allclose(Policy(loaded).q_values(frames), q, rtol=1e-5)
 
 
-def test_batched_epsilon_greedy_draws_what_the_single_env_one_does(model):
+def test_batched_epsilon_greedy_draws_what_the_single_env_loop_drew(model):
     policy = Policy(model)
     obs = np.random.default_rng(1).uniform(-1, 1, size=(200, 2)).astype(np.float32)
+
+    def single_env(o, epsilon, rng):  # the single-env loop's draws: a uniform, then an action only to explore
+        return int(rng.integers(3)) if rng.random() < epsilon else policy.greedy(o)
+
     for epsilon in (0.0, 0.3, 1.0):
         one, batched = np.random.default_rng(7), np.random.default_rng(7)
-        singles = [policy.epsilon_greedy(o, epsilon, one) for o in obs]
-        batches = [int(policy.epsilon_greedy_batch(o[None], epsilon, batched)[0]) for o in obs]
+        singles = [single_env(o, epsilon, one) for o in obs]
+        batches = [int(policy.epsilon_greedy(o[None], epsilon, batched)[0]) for o in obs]
         assert singles == batches  # one env: the same actions from the same seed
-    actions = policy.epsilon_greedy_batch(obs, 0.0, np.random.default_rng(0))
+    actions = policy.epsilon_greedy(obs, 0.0, np.random.default_rng(0))
     np.testing.assert_array_equal(actions, np.argmax(policy.q_values(obs), axis=1))
-    random_share = np.mean(policy.epsilon_greedy_batch(obs, 0.5, np.random.default_rng(0)) != actions)
+    random_share = np.mean(policy.epsilon_greedy(obs, 0.5, np.random.default_rng(0)) != actions)
     assert 0.2 < random_share < 0.45  # half explore, and a third of those pick the greedy action anyway
