@@ -107,18 +107,22 @@ class AtariGames:
     """N games of one Atari title stepped in ale_py's C++ threads, with the training
     preprocessing built in (84x84 grey, 4 frames per step max-pooled, no-op starts, FIRE at
     reset where the game needs it, zero-padded 4-frame stacks) and sticky actions (0.25, as
-    evaluated). A lost life is `terminated` for learning (no value is bootstrapped past it,
-    Mnih et al. 2015) while the game plays on; rewards stay raw (the loop clips them for learning)."""
+    evaluated). For learning (`lives_end_episodes`), a lost life is `terminated` (no value is
+    bootstrapped past it, Mnih et al. 2015) while the game plays on; rewards stay raw (the loop
+    clips them for learning)."""
 
-    def __init__(self, env_id: str, num_envs: int, threads: int):
+    def __init__(self, env_id: str, num_envs: int, threads: int, lives_end_episodes: bool = True):
+        import ale_py
         from ale_py.vector_env import AtariVectorEnv
 
+        gym.register_envs(ale_py)
+        self.spec = gym.spec(env_id)
         name = env_id.removeprefix("ALE/").split("-")[0]
         game = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()  # ale_py's name: SpaceInvaders -> space_invaders
         with quiet_stderr(ALE_NOISE):
             self.envs = AtariVectorEnv(game, num_envs, num_threads=threads, autoreset_mode="SameStep",
                                        repeat_action_probability=0.25, max_num_frames_per_episode=ATARI_MAX_FRAMES,
-                                       episodic_life=False, life_loss_info=True, reward_clipping=False)
+                                       episodic_life=False, life_loss_info=lives_end_episodes, reward_clipping=False)
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
@@ -166,6 +170,30 @@ def run_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None
             total += float(reward)
             done = terminated or truncated
         yield total
+
+
+def make_eval_env(env_id: str, games: int, threads: int) -> gym.Env | AtariGames:
+    """The env a training evaluates on, never its training envs (stepping those would cut their
+    current episodes short). Atari: `games` whole games at once, played as they are scored."""
+    if is_atari(env_id):
+        return AtariGames(env_id, games, threads, lives_end_episodes=False)
+    return make_env(env_id)
+
+
+def run_games(games: AtariGames, policy: Callable, count: int, seed: int | None = None) -> Iterator[float]:
+    """Play `count` whole games on all of `games` at once, with `policy(obs_batch) -> actions`
+    (one forward pass per step for all games); yield each game's score as it ends. Each game
+    slot plays the same number of games, its first ones: counting whichever games end first
+    would favour short games."""
+    quota = count // games.num_envs + (np.arange(games.num_envs) < count % games.num_envs)
+    played = np.zeros(games.num_envs, int)
+    obs, _ = games.reset(seed=seed)
+    while (played < quota).any():
+        obs, _, _, _, info = games.step(policy(obs))
+        if "episode" in info:
+            for env in np.flatnonzero(info["_episode"] & (played < quota)):
+                played[env] += 1
+                yield float(info["episode"]["r"][env])
 
 
 # ----------------------------------------------------------------------------- watching

@@ -160,7 +160,11 @@ class Policy:
         return self.model([obs, tf.ones((tf.shape(obs)[0], self.n_actions))])
 
     def greedy(self, obs: np.ndarray) -> int:
-        return int(np.argmax(self.q_values(obs[None])[0]))
+        return int(self.greedy_actions(obs[None])[0])
+
+    def greedy_actions(self, obs: np.ndarray) -> np.ndarray:
+        """The greedy action for each row of a batch of observations."""
+        return np.argmax(self.q_values(obs), axis=1)
 
     def epsilon_greedy(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
         """One action per env of a vector env (obs: one row per env): random with probability
@@ -172,7 +176,7 @@ class Policy:
         explorers = np.count_nonzero(explore)
         if explorers == len(obs):
             return rng.integers(self.n_actions, size=explorers)
-        actions = np.argmax(self.q_values(obs), axis=1)
+        actions = self.greedy_actions(obs)
         if explorers:
             actions[explore] = rng.integers(self.n_actions, size=explorers)
         return actions

@@ -49,7 +49,8 @@ from keras.src.saving import saving_lib
 from tqdm import tqdm
 
 from atomic import remove_leftovers, write_atomically, write_text_atomically
-from envs import make_env, make_training_envs, play_env, run_episodes, show_episodes
+from envs import (AtariGames, make_env, make_eval_env, make_training_envs, play_env, run_episodes, run_games,
+                  show_episodes)
 from frame_replay import FrameReplayBuffer
 from loggers import Averages, TensorBoardLogger
 from networks import Policy, create_model, load_model
@@ -277,8 +278,7 @@ saving_lib.get_attr_skipset = functools.cache(saving_lib.get_attr_skipset)
 
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     """Train a DQN agent, writing logs, snapshots and summary.json to run_dir; return the summary."""
-    # Evaluation plays whole games on its own env, never stepping (and cutting short) the training envs'.
-    eval_env = make_env(args.env)
+    eval_env = make_eval_env(args.env, args.eval_episodes, args.threads)
     envs = make_training_envs(args.env, args.num_envs, args.threads)
     state = new_state(args, envs)
     print(f"replay: {args.buffer_size:,} {'frames' if isinstance(state.replay, FrameReplayBuffer) else 'transitions'}"
@@ -300,11 +300,12 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
                             eval_env.spec.reward_threshold)
     envs.close()
+    eval_env.close()
     log.close()
     return summary
 
 
-def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.ndarray, eval_env: gym.Env,
+def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.ndarray, eval_env,
                   run_dir: Path, log: TensorBoardLogger) -> str:
     """Act, store, learn, copy to the target; log, evaluate and snapshot; until the last step or
     Ctrl-C. Returns the status: finished, interrupted, diverged or bad_env_output.
@@ -475,14 +476,17 @@ def target_distance(model: keras.Model, target: keras.Model) -> float:
                                                                 strict=True)]))
 
 
-def evaluate(env: gym.Env, policy: Policy, episodes: int, seed: int | None = None) -> np.ndarray:
-    """Greedy returns over whole episodes on `env`, which must not be the training env
-    (stepping the training env would cut its current episode short)."""
-    bar = tqdm(run_episodes(env, policy.greedy, episodes, seed), total=episodes, desc="eval", leave=False)
-    return np.array(list(bar))
+def evaluate(env: gym.Env | AtariGames, policy: Policy, episodes: int, seed: int | None = None) -> np.ndarray:
+    """Greedy returns over whole episodes on the evaluation env: one after the other, or, on
+    Atari games, several at once."""
+    if isinstance(env, AtariGames):
+        returns = run_games(env, policy.greedy_actions, episodes, seed)
+    else:
+        returns = run_episodes(env, policy.greedy, episodes, seed)
+    return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False)))
 
 
-def evaluate_periodically(args: argparse.Namespace, state: TrainingState, policy: Policy, eval_env: gym.Env,
+def evaluate_periodically(args: argparse.Namespace, state: TrainingState, policy: Policy, eval_env,
                           log: TensorBoardLogger, clock: Stopwatch) -> None:
     """Log the greedy policy's mean return; note when it first solves the env and keep its best weights."""
     p = state.progress
@@ -511,7 +515,7 @@ def wall_seconds(p: Progress) -> float:
     return p.wall_seconds + time.time() - STARTED
 
 
-def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env: gym.Env, run_dir: Path,
+def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env, run_dir: Path,
            log: TensorBoardLogger) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Save what the status calls for; after a finished run, evaluate the final and the last
     weights. Returns their returns (None when not evaluated)."""

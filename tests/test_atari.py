@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_main
 
-from envs import AtariGames, make_env
+from envs import AtariGames, make_env, run_games
 from frame_replay import FrameReplayBuffer
 from run import store
 
@@ -66,6 +66,35 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
 
 
 @pytest.mark.slow
+def test_evaluation_games_are_whole_games_and_each_slot_gives_its_first_ones():
+    """Breakout, random play, 3 games on 2 slots: a lost life does not end a game, and the scores
+    are slot 0's first two games and slot 1's first, whichever games end first."""
+    games = AtariGames("ALE/Breakout-v5", num_envs=2, threads=1, lives_end_episodes=False)
+    ends, lives_lost, step = [], 0, games.step
+
+    def step_and_record(actions):
+        nonlocal lives_lost
+        lives = games.lives
+        out = step(actions)
+        terminated, info = out[2], out[4]
+        lives_lost += int(np.sum((info["lives"] < lives) & ~terminated))
+        assert np.all(lives[terminated] == 1)  # only the last life ends a game
+        ends.extend((env, info["episode"]["r"][env]) for env in np.flatnonzero(info.get("_episode", [])))
+        return out
+
+    games.step = step_and_record
+    rng = np.random.default_rng(0)
+    scores = list(run_games(games, lambda obs: rng.integers(4, size=len(obs)), count=3, seed=0))
+    games.close()
+    quota, expected = [2, 1], []
+    for env, score in ends:
+        if quota[env]:
+            quota[env] -= 1
+            expected.append(score)
+    assert scores == expected and len(scores) == 3
+    assert lives_lost >= 3 * 4  # five lives a game
+
+
 def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys):
     assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "4", "--steps", "800",
                     "--learning-starts", "400", "--train-freq", "40", "--gradient-steps", "2", "--buffer-size", "4000",
