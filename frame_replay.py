@@ -16,7 +16,7 @@ slots are already written, and whose oldest frame has not been overwritten, are 
 
 import numpy as np
 
-from replay_buffer import Batch
+from replay_buffer import Batch, Priorities
 
 PAD, STEP, FINAL = 0, 1, 2  # what a slot holds: a stack's older frame, a step taken, an episode's last observation
 ARRAYS = ["frame", "kind", "action", "reward", "terminated", "ended", "written"]
@@ -139,3 +139,58 @@ class FrameReplayBuffer:
         """The observation at logical positions t: the `stack` frames ending there, oldest first."""
         offsets = np.arange(-(self.stack - 1), 1)
         return self.frame[self._slot(env[..., None], t[..., None] + offsets)]
+
+
+class PrioritizedFrameReplayBuffer(FrameReplayBuffer):
+    """--prioritized over frames: a slot has a priority (Priorities) only while it starts a
+    complete transition. Each write changes that for a few slots only: the slot written and the
+    stacks its old frame belonged to lose theirs, and the steps n slots back may just have
+    become complete; so the tree is brought up to date for those slots when it is next read."""
+
+    def __init__(self, capacity: int, num_envs: int, frame_shape: tuple[int, ...] = (84, 84), stack: int = 4,
+                 n_step: int = 1, gamma: float = 0.99, alpha: float = 0.6, eps: float = 1e-5):
+        super().__init__(capacity, num_envs, frame_shape, stack, n_step, gamma)
+        self.priorities = Priorities(self.per_env * num_envs, alpha, eps)
+        self.writes = []  # (env, logical position) of the writes the tree has not seen yet
+
+    def _write(self, env: int, frame: np.ndarray, kind: int) -> int:
+        self.writes.append((env, self.written[env]))
+        return super()._write(env, frame, kind)
+
+    def _update_tree(self) -> None:
+        if not self.writes:
+            return
+        env, t = np.array(self.writes).T
+        self.writes = []
+        tree = self.priorities.tree
+        tree.set(self._slot(env, t), 0.0)  # what these slots held before is gone
+        around = np.unique(self._slot(env[:, None], t[:, None] + np.arange(-self.n_step, self.stack)))
+        old = tree.get(around)
+        tree.set(around, np.where(self.sampleable(around), np.where(old > 0, old, self.priorities.max_priority), 0.0))
+
+    def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...], beta: float = 1.0) -> Batch:
+        """Sample complete transitions in proportion to priority; adds each one's importance
+        `weight` and its `index` (for update_priorities)."""
+        self._update_tree()
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        slots = self.priorities.draw(rng, shape)
+        held = self.priorities.tree.get(slots) > 0
+        if not held.all():  # rounding at the edge of a run of empty slots: very rare
+            slots = np.where(held, slots, slots[held][0])
+        weight = self.priorities.weights(slots, beta, len(self))
+        return self.transitions(slots)._replace(weight=weight)
+
+    def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        self._update_tree()
+        self.priorities.update(index, td_error)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        self._update_tree()
+        leaves = self.priorities.tree.get(np.arange(self.per_env * self.num_envs))
+        return {**super().arrays(), "priority": leaves, "max_priority": self.priorities.max_priority}
+
+    def restore(self, data) -> None:
+        super().restore(data)
+        self.priorities.tree.set(np.arange(self.per_env * self.num_envs), data["priority"])
+        self.priorities.max_priority = float(data["max_priority"])
+        self.writes = []

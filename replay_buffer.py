@@ -131,22 +131,47 @@ class SumTree:
         return node - self.leaves
 
 
-class PrioritizedReplayBuffer(ReplayBuffer):
-    """Prioritized experience replay (Schaul et al. 2016, proportional variant).
+class Priorities:
+    """Proportional prioritization (Schaul et al. 2016) over the slots of a buffer.
 
-    Transition i is sampled with probability P(i) = p_i / sum p, where p_i = (|TD error| + eps)^alpha
+    Slot i is sampled with probability P(i) = p_i / sum p, where p_i = (|TD error| + eps)^alpha
     from the last time it was trained on: surprising transitions are replayed more often. New
-    transitions get the largest priority so far, so each is seen at least once. Sampling this way
-    biases the updates, which the importance weights w_i = (N P(i))^-beta / max_j w_j undo (fully
-    at beta = 1); the caller anneals beta towards 1 over training.
+    transitions get the largest priority so far, so each is seen at least once; a slot with
+    priority 0 is never sampled. Sampling this way biases the updates, which the importance
+    weights w_i = (N P(i))^-beta / max_j w_j undo (fully at beta = 1); the caller anneals beta
+    towards 1 over training.
     """
+
+    def __init__(self, capacity: int, alpha: float, eps: float):
+        self.tree = SumTree(capacity)
+        self.alpha, self.eps = alpha, eps
+        self.max_priority = 1.0
+
+    def draw(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Slots in proportion to priority, stratified: each minibatch of B takes one slot from each
+        of B equal slices of the total priority mass."""
+        batch = shape[-1]
+        mass = (np.arange(batch) + rng.random(shape)) * (self.tree.total() / batch)
+        return self.tree.find(mass)
+
+    def weights(self, index: np.ndarray, beta: float, n: int) -> np.ndarray:
+        """The importance weights of sampled slots out of n transitions, the largest of a minibatch 1."""
+        weight = (n * (self.tree.get(index) / self.tree.total())) ** -beta
+        return (weight / weight.max(axis=-1, keepdims=True)).astype(np.float32)
+
+    def update(self, index: np.ndarray, td_error: np.ndarray) -> None:
+        priority = (np.abs(td_error) + self.eps) ** self.alpha
+        self.tree.set(index, priority)
+        self.max_priority = max(self.max_priority, float(priority.max()))
+
+
+class PrioritizedReplayBuffer(ReplayBuffer):
+    """A ReplayBuffer sampled in proportion to priority (the Priorities above)."""
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], alpha: float = 0.6, eps: float = 1e-5,
                  obs_dtype=np.float32):
         super().__init__(capacity, obs_shape, obs_dtype)
-        self.alpha, self.eps = alpha, eps
-        self.tree = SumTree(capacity)
-        self.max_priority = 1.0
+        self.priorities = Priorities(capacity, alpha, eps)
         self.unwritten = []  # slots of new transitions whose priority is not in the tree yet
 
     def add(self, *transition) -> None:
@@ -158,43 +183,36 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def write_new_priorities(self) -> None:
         """Give the transitions added since the last read the largest priority so far."""
         if self.unwritten:
-            self.tree.set(self.unwritten, self.max_priority)
+            self.priorities.tree.set(self.unwritten, self.priorities.max_priority)
             self.unwritten = []
 
     def priority(self, index) -> np.ndarray:
         self.write_new_priorities()
-        return self.tree.get(index)
+        return self.priorities.tree.get(index)
 
     def sample(self, rng: np.random.Generator, shape: int | tuple[int, ...],
                beta: float = 1.0) -> Batch:
-        """Sample in proportion to priority, stratified: each minibatch of B takes one transition
-        from each of B equal slices of the total priority mass. Adds the importance `weight`
-        of each transition and its `index` (for update_priorities)."""
+        """Sample in proportion to priority; adds each transition's importance `weight` and its
+        `index` (for update_priorities)."""
         self.write_new_priorities()
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        batch = shape[-1]
-        mass = (np.arange(batch) + rng.random(shape)) * (self.tree.total() / batch)
         # Rounding can carry a value just past the last stored transition (into the empty leaves of a
         # buffer that is not full yet); those land on the last stored one instead.
-        idx = np.minimum(self.tree.find(mass), self.size - 1)
-        prob = self.tree.get(idx) / self.tree.total()
-        weight = (self.size * prob) ** -beta
-        weight /= weight.max(axis=-1, keepdims=True)  # scale so the largest weight of a minibatch is 1
-        return self.gather(idx, weight=weight.astype(np.float32), index=idx)
+        idx = np.minimum(self.priorities.draw(rng, shape), self.size - 1)
+        return self.gather(idx, weight=self.priorities.weights(idx, beta, self.size), index=idx)
 
     def update_priorities(self, index: np.ndarray, td_error: np.ndarray) -> None:
         self.write_new_priorities()  # first, so that these TD errors overwrite them
-        priority = (np.abs(td_error) + self.eps) ** self.alpha
-        self.tree.set(index, priority)
-        self.max_priority = max(self.max_priority, float(priority.max()))
+        self.priorities.update(index, td_error)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {**super().arrays(), "priority": self.priority(np.arange(self.size)), "max_priority": self.max_priority}
+        return {**super().arrays(), "priority": self.priority(np.arange(self.size)),
+                "max_priority": self.priorities.max_priority}
 
     def restore(self, data) -> None:
         super().restore(data)
-        self.tree.set(np.arange(self.size), data["priority"])
-        self.max_priority = float(data["max_priority"])
+        self.priorities.tree.set(np.arange(self.size), data["priority"])
+        self.priorities.max_priority = float(data["max_priority"])
         self.unwritten = []
 
 

@@ -49,9 +49,17 @@ from keras.src.saving import saving_lib
 from tqdm import tqdm
 
 from atomic import remove_leftovers, write_atomically, write_text_atomically
-from envs import (AtariGames, make_env, make_eval_env, make_training_envs, play_env, run_episodes, run_games,
-                  show_episodes)
-from frame_replay import FrameReplayBuffer
+from envs import (
+    AtariGames,
+    make_env,
+    make_eval_env,
+    make_training_envs,
+    play_env,
+    run_episodes,
+    run_games,
+    show_episodes,
+)
+from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from loggers import Averages, TensorBoardLogger
 from networks import Policy, create_model, load_model
 from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter
@@ -199,8 +207,9 @@ def new_state(args: argparse.Namespace, envs) -> TrainingState:
                      for _ in range(2))
     target.set_weights(model.get_weights())
     if len(obs_shape) == 3:  # stacks of frames: each frame stored once
-        replay = FrameReplayBuffer(args.buffer_size, envs.num_envs, obs_shape[1:], obs_shape[0], args.n_step,
-                                   args.gamma)
+        frames = (args.buffer_size, envs.num_envs, obs_shape[1:], obs_shape[0], args.n_step, args.gamma)
+        replay = (PrioritizedFrameReplayBuffer(*frames, args.per_alpha, args.per_eps) if args.prioritized
+                  else FrameReplayBuffer(*frames))
     elif args.prioritized:
         replay = PrioritizedReplayBuffer(args.buffer_size, obs_shape, args.per_alpha, args.per_eps)
     else:

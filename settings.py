@@ -241,8 +241,6 @@ def check_args(a: argparse.Namespace) -> None:
         fail("--view renders to a window, --video/--gif to files: use one or the other")
     if a.num_envs > 1 and not is_atari(a.env):
         fail(f"--num-envs {a.num_envs}: several envs at once are for Atari games; {a.env} trains on one")
-    if a.prioritized and is_atari(a.env):
-        fail("--prioritized is not available for Atari games yet (their replay stores frames, not transitions)")
     if a.model and a.resume:
         fail("--model plays a snapshot and --resume continues training: use one of them")
 

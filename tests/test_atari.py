@@ -6,10 +6,11 @@ import json
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import run_main
+from conftest import run_main, scalars
 
 from envs import AtariGames, make_env, run_games
 from frame_replay import FrameReplayBuffer
+from networks import load_model
 from run import store
 
 
@@ -65,7 +66,6 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
     assert len(slots) == 1200 and stored == seen
 
 
-@pytest.mark.slow
 def test_evaluation_games_are_whole_games_and_each_slot_gives_its_first_ones():
     """Breakout, random play, 3 games on 2 slots: a lost life does not end a game, and the scores
     are slot 0's first two games and slot 1's first, whichever games end first."""
@@ -95,6 +95,21 @@ def test_evaluation_games_are_whole_games_and_each_slot_gives_its_first_ones():
     assert lives_lost >= 3 * 4  # five lives a game
 
 
+@pytest.mark.slow
+def test_every_variant_learns_on_the_conv_network(tmp_path):
+    """Double, dueling, prioritized replay over frames, soft target updates (n-step 3 and the
+    Huber loss are the preset's): a few real updates on Pong, finite, and the snapshot loads."""
+    assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "2", "--steps", "300",
+                    "--learning-starts", "200", "--train-freq", "20", "--gradient-steps", "2", "--buffer-size", "2000",
+                    "--double", "--dueling", "avg", "--prioritized", "--tau", "0.01", "--eval-every", "0",
+                    "--final-eval-episodes", "0", "--log-every", "100", "--logdir", tmp_path, "--name", "all") == 0
+    curves = scalars(tmp_path / "all")
+    assert {"train/is_weight", "train/tau"} <= set(curves) and np.isfinite(curves["train/loss"][-1][1])
+    model = load_model(str(tmp_path / "all" / "final.keras"), make_env("ALE/Pong-v5"))
+    assert model.get_layer("dueling").mode == "avg"
+
+
+@pytest.mark.slow
 def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys):
     assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "4", "--steps", "800",
                     "--learning-starts", "400", "--train-freq", "40", "--gradient-steps", "2", "--buffer-size", "4000",

@@ -95,11 +95,11 @@ def on_disk(run_dir) -> tuple[int, int] | None:
         return checkpoint_state(run_dir)["step"], len(saved["replay/action"])
 
 
-KILLS = 6
+KILLS = 5
 
 
 def test_random_kills_then_resume_lose_nothing(tmp_path):
-    """6 kills at random instants (a fixed random sequence), each followed by --resume."""
+    """5 kills at random instants (a fixed random sequence), each followed by --resume."""
     rng, run_dir = random.Random(0), tmp_path / "runs" / "k"
     last, epsilons, counts = None, {}, dict(kills=0, inside_a_write=0, resumes_verified=0, refusals=0)
     for _ in range(KILLS):

@@ -6,7 +6,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from frame_replay import FrameReplayBuffer
+from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from replay_buffer import NStep
 
 STACK = 4
@@ -22,12 +22,12 @@ def uid(f: np.ndarray) -> int:
 
 
 def play(buffer: FrameReplayBuffer, lengths: list[list[tuple[int, str]]], n: int, gamma: float, seed: int = 0,
-         padding: str = "zeros") -> dict[int, tuple]:
+         padding: str = "zeros", first_id: int = 1) -> dict[int, tuple]:
     """Feed the envs' episodes, step by step and env by env in turn, to `buffer`, and the same
     stacks to a naive NStep per env. `lengths[e]` lists env e's episodes as (steps, how it ends).
     Returns the naive transitions keyed by the id of their observation's newest frame."""
     rng = np.random.default_rng(seed)
-    naive, next_id = {}, 1
+    naive, next_id = {}, first_id
     streams = [iter([(i, length, end) for length, end in episodes for i in range(length)]) for episodes in lengths]
     stacks: list[deque | None] = [None] * len(lengths)
     nsteps = [NStep(n, gamma) for _ in lengths]
@@ -137,3 +137,40 @@ def test_a_restored_buffer_serves_the_same_transitions():
     assert_same(restored, slots[buffer.sampleable(slots)], naive)
     with pytest.raises(ValueError, match="holds 80 frames of 2 envs"):
         FrameReplayBuffer(2 * 50, num_envs=2, frame_shape=(2,)).restore(buffer.arrays())
+
+
+def test_prioritized_frames_hold_a_priority_exactly_while_a_slot_starts_a_complete_transition():
+    """Through episode ends, two envs and wraparound: sampleable slots, and only those, have a
+    priority: the one their transition had if it is still there, the largest so far if it is
+    new (a slot overwritten since does not keep its old transition's priority)."""
+    buffer = PrioritizedFrameReplayBuffer(2 * 40, num_envs=2, frame_shape=(2,), n_step=3, gamma=0.99)
+    slots = np.arange(2 * 40)
+    play(buffer, [[(13, "terminated"), (10, "running")], [(20, "truncated"), (4, "running")]], 3, 0.99)
+    batch = buffer.sample(np.random.default_rng(0), (2, 8))
+    buffer.update_priorities(batch.index, np.linspace(0.1, 3.0, 16).reshape(2, 8))
+    held = np.flatnonzero(buffer.arrays()["priority"])
+    known = dict(zip((uid(obs[-1]) for obs in buffer.transitions(held).obs), buffer.arrays()["priority"][held],
+                     strict=True))
+    learned = {uid(obs[-1]) for obs in batch.obs.reshape(16, STACK, 2)}
+    play(buffer, [[(12, "terminated"), (9, "running")], [(30, "truncated")]], 3, 0.99, seed=1, first_id=1000)
+    assert buffer.written.min() > buffer.per_env  # both rings wrapped
+    priority, ok = buffer.arrays()["priority"], buffer.sampleable(slots)
+    np.testing.assert_array_equal(priority > 0, ok)
+    newest = [uid(obs[-1]) for obs in buffer.transitions(slots[ok]).obs]
+    np.testing.assert_array_equal(priority[ok], [known.get(u, buffer.priorities.max_priority) for u in newest])
+    assert 0 < len(learned & set(newest)) < len(learned)  # some learned transitions remain, some are gone
+
+
+def test_prioritized_frames_sample_by_priority_and_restore_it():
+    buffer = PrioritizedFrameReplayBuffer(2 * 40, num_envs=2, frame_shape=(2,), n_step=3, gamma=0.99)
+    naive = play(buffer, [[(30, "terminated"), (25, "running")], [(50, "truncated"), (9, "running")]], 3, 0.99)
+    held = np.flatnonzero(buffer.arrays()["priority"])
+    favourite = held[5]
+    buffer.update_priorities(held, np.where(held == favourite, 100.0, 0.01))
+    batch = buffer.sample(np.random.default_rng(0), (50, 32), beta=1.0)
+    assert 0.5 < np.mean(batch.index == favourite) < 1  # most of the mass, not all of it
+    assert batch.weight[batch.index == favourite].max() < batch.weight[batch.index != favourite].min()
+    assert_same(buffer, batch.index.ravel(), naive)
+    restored = PrioritizedFrameReplayBuffer(2 * 40, num_envs=2, frame_shape=(2,), n_step=3, gamma=0.99)
+    restored.restore({name: np.copy(array) for name, array in buffer.arrays().items()})
+    np.testing.assert_array_equal(restored.arrays()["priority"], buffer.arrays()["priority"])

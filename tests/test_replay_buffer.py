@@ -139,7 +139,7 @@ def test_new_transitions_get_the_largest_priority_so_far():
     assert buf.priority(0) == 1.0  # the first one gets 1
     buf.update_priorities(np.array([0]), np.array([5.0]))
     buf.add([1], 0, 0.0, [1], False, 0.99)
-    assert buf.priority(1) == 5.0 and buf.tree.total() == 10.0
+    assert buf.priority(1) == 5.0 and buf.priorities.tree.total() == 10.0
     buf.update_priorities(np.array([0, 1]), np.array([0.5, 0.5]))
     buf.add([2], 0, 0.0, [2], False, 0.99)
     assert buf.priority(2) == 5.0  # the maximum ever seen, not the current one
@@ -151,8 +151,8 @@ def test_prioritized_save_and_load_keeps_priorities(tmp_path):
     buf.update_priorities(np.arange(5), np.arange(5.0))
     other = PrioritizedReplayBuffer(5, (2,))
     other.restore(save_and_load(buf, tmp_path / "replay.npz"))
-    np.testing.assert_array_equal(other.tree.nodes, buf.tree.nodes)
-    assert other.max_priority == buf.max_priority and other.next == buf.next
+    np.testing.assert_array_equal(other.priorities.tree.nodes, buf.priorities.tree.nodes)
+    assert other.priorities.max_priority == buf.priorities.max_priority and other.next == buf.next
 
 
 def test_step_writer_forms_each_envs_n_step_transitions_from_interleaved_steps():

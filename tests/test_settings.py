@@ -25,7 +25,6 @@ import settings
     (["--seed", "-1"], "--seed must be in [0, 2**31)"),
     (["--seed", str(2**31)], "--seed must be in [0, 2**31)"),
     (["--num-envs", "4"], "several envs at once are for Atari games"),
-    (["--env", "ALE/Pong-v5", "--prioritized"], "--prioritized is not available for Atari games yet"),
     (["--env", "ALE/Pong-v5", "--num-envs", "0"], "--num-envs must be at least 1"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, args, message):
