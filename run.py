@@ -540,13 +540,14 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
     save_model(state.model, run_dir / "last.keras")
     episodes, eval_seed = args.final_eval_episodes, args.seed + 10_000  # same start states for both
     last_returns = evaluate(eval_env, Policy(state.model), episodes, eval_seed) if episodes else None
-    if state.best_weights is not None:
+    # The best evaluation may have been the last one: then the final weights are the last ones.
+    best_is_last = state.best_weights is None or p.best_eval_step == p.step
+    if not best_is_last:
         state.model.set_weights(state.best_weights)
     save_model(state.model, run_dir / "final.keras")
     if not episodes:
         return None, None
-    final_returns = last_returns if state.best_weights is None else evaluate(eval_env, Policy(state.model),
-                                                                             episodes, eval_seed)
+    final_returns = last_returns if best_is_last else evaluate(eval_env, Policy(state.model), episodes, eval_seed)
     log.scalar("eval/final_mean_return", final_returns.mean(), p.step)
     return final_returns, last_returns
 
