@@ -172,7 +172,6 @@ class PrioritizedFrameReplayBuffer(FrameReplayBuffer):
         """Sample complete transitions in proportion to priority; adds each one's importance
         `weight` and its `index` (for update_priorities)."""
         self._update_tree()
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         slots = self.priorities.draw(rng, shape)
         held = self.priorities.tree.get(slots) > 0
         if not held.all():  # rounding at the edge of a run of empty slots: very rare

@@ -147,10 +147,10 @@ class Priorities:
         self.alpha, self.eps = alpha, eps
         self.max_priority = 1.0
 
-    def draw(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        """Slots in proportion to priority, stratified: each minibatch of B takes one slot from each
-        of B equal slices of the total priority mass."""
-        batch = shape[-1]
+    def draw(self, rng: np.random.Generator, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Slots in proportion to priority, stratified: each minibatch of B (the last axis of
+        `shape`) takes one slot from each of B equal slices of the total priority mass."""
+        batch = shape if isinstance(shape, int) else shape[-1]
         mass = (np.arange(batch) + rng.random(shape)) * (self.tree.total() / batch)
         return self.tree.find(mass)
 
@@ -195,7 +195,6 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         """Sample in proportion to priority; adds each transition's importance `weight` and its
         `index` (for update_priorities)."""
         self.write_new_priorities()
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
         # Rounding can carry a value just past the last stored transition (into the empty leaves of a
         # buffer that is not full yet); those land on the last stored one instead.
         idx = np.minimum(self.priorities.draw(rng, shape), self.size - 1)
