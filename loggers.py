@@ -1,8 +1,9 @@
-"""Logging: TensorBoard scalars (and one text table of settings) written with tf.summary, and
-the averages that go into each log line.
+"""Logging: TensorBoard scalars (and one text table of settings), and the averages that go into
+each log line.
 
-Open the curves with `tensorboard --logdir runs`. TensorBoard reads tf.summary scalars back
-as tensors, so tools that parse the event files should look under the "tensors" tags.
+Open the curves with `tensorboard --logdir runs`. The event files are written with tensorboardX,
+which needs no TensorFlow, so the numpy-only tabular.py logs exactly as the networks do; tools
+that parse them find the values under TensorBoard's "scalars" tags.
 """
 
 import time
@@ -10,20 +11,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+from tensorboardX import SummaryWriter
 
 
 class TensorBoardLogger:
     def __init__(self, logdir: str | Path):
-        self.writer = tf.summary.create_file_writer(str(logdir))
+        self.writer = SummaryWriter(str(logdir))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        with self.writer.as_default():
-            tf.summary.scalar(tag, float(value), step=step)
+        self.writer.add_scalar(tag, float(value), step)
 
     def text(self, tag: str, markdown: str, step: int = 0) -> None:
-        with self.writer.as_default():
-            tf.summary.text(tag, markdown, step=step)
+        self.writer.add_text(tag, markdown, step)
 
     def close(self) -> None:
         """Flush everything to disk; call on every exit path so no logged point is lost."""

@@ -70,13 +70,10 @@ def checkpoint_state(run_dir: Path) -> dict:
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar (stored as a tensor by tf.summary) in a run's TensorBoard event files, as
-    TensorBoard's own reader gives them back: tag -> [(step, value), ...]."""
+    """Every scalar in a run's TensorBoard event files, as TensorBoard's own reader gives them
+    back: tag -> [(step, value), ...]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})  # 0: keep every point
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
     acc.Reload()
-    values = {tag: [(e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-              for tag in acc.Tags()["tensors"]}
-    return {tag: [(step, float(v)) for step, v in points] for tag, points in values.items()
-            if points and points[0][1].dtype.kind == "f"}  # not the text table of settings
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
