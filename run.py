@@ -15,21 +15,30 @@ networks.py, the flags in settings.py, the envs and the playing of episodes in e
 import argparse
 import dataclasses
 import functools
-import json
 import math
 import os
-import resource
-import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from settings import fail, learns_from_pixels, make_parser, parse_args
+from runs import (
+    CtrlC,
+    Progress,
+    Stopwatch,
+    crossed,
+    listed,
+    numbered,
+    prepare_run,
+    record_evaluation,
+    report,
+    wall_seconds,
+    write_summary,
+)
+from settings import fail, learns_from_pixels, parse_args
 from startup import load_tensorflow
 
-STARTED = time.time()  # wall-clock start, before the slow TensorFlow import
 if __name__ == "__main__":
     # Bad flags get their one-line error now, not after the seconds TensorFlow takes to load.
     if learns_from_pixels(parse_args()):
@@ -48,7 +57,8 @@ import psutil
 from keras.src.saving import saving_lib
 from tqdm import tqdm
 
-from atomic import remove_leftovers, write_atomically, write_text_atomically
+import runs
+from atomic import remove_leftovers, write_atomically
 from envs import (
     AtariGames,
     make_env,
@@ -168,19 +178,6 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
 # ------------------------------------------------------------- the run's state, saved whole
 
 
-@dataclass
-class Progress:
-    """A run's counters and timings; the checkpoint keeps them as JSON, summary.json reports them."""
-    step: int = 0
-    episode: int = 0
-    train_seconds: float = 0.0  # the training loop's time, evaluations included, over all sessions
-    compile_seconds: float = 0.0  # the update's one-time XLA compilation, per session
-    wall_seconds: float = 0.0  # process start to end, over all sessions
-    evals: list = field(default_factory=list)  # [step, mean return] of each periodic evaluation
-    first_solved_step: int | None = None
-    first_solved_seconds: float | None = None
-    best_eval_step: int | None = None
-    best_eval_mean: float | None = None
 
 
 @dataclass
@@ -217,23 +214,16 @@ def new_state(args: argparse.Namespace, envs) -> TrainingState:
     return TrainingState(model, target, replay, rng, Progress())
 
 
-CHECKPOINT = "checkpoint.npz"
-
-
 def save_checkpoint(run_dir: Path, state: TrainingState, progress: Progress | None = None) -> None:
-    """The whole TrainingState in one file, written atomically (atomic.py), so a crash leaves
-    either the previous complete checkpoint or this one. `progress` replaces state.progress
-    (the counters with this moment's timings)."""
-    progress = progress or state.progress
-    arrays = {"state": np.array(json.dumps({**dataclasses.asdict(progress), "rng": state.rng.bit_generator.state}))}
-    for name, values in [("online", state.model.get_weights()), ("target", state.target.get_weights()),
-                         ("adam", [v.numpy() for v in optimizer_variables(state.model)]),
-                         ("best", state.best_weights or [])]:
-        arrays.update({f"{name}/{i}": v for i, v in enumerate(values)})
-    arrays.update({f"replay/{k}": v for k, v in state.replay.arrays().items()})
+    """The whole TrainingState in one file (runs.save_checkpoint). `progress` replaces
+    state.progress (the counters with this moment's timings)."""
+    arrays = {**numbered("online", state.model.get_weights()), **numbered("target", state.target.get_weights()),
+              **numbered("adam", [v.numpy() for v in optimizer_variables(state.model)]),
+              **numbered("best", state.best_weights or []),
+              **{f"replay/{k}": v for k, v in state.replay.arrays().items()}}
     if state.validation_obs is not None:
         arrays["validation_obs"] = state.validation_obs
-    write_atomically(run_dir / CHECKPOINT, lambda tmp: np.savez(tmp, **arrays))
+    runs.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
 
 
 def optimizer_variables(model: keras.Model) -> list:
@@ -245,30 +235,20 @@ def optimizer_variables(model: keras.Model) -> list:
 
 
 def load_checkpoint(run_dir: Path, state: TrainingState) -> None:
-    """Inverse of save_checkpoint, into the freshly built `state`. Any problem with the file is
-    a one-line error."""
-    path = run_dir / CHECKPOINT
-    try:
-        with np.load(path) as saved:
-            def listed(name: str) -> list[np.ndarray]:
-                return [saved[f"{name}/{i}"] for i in range(sum(k.startswith(name + "/") for k in saved.files))]
+    """Inverse of save_checkpoint, into the freshly built `state`."""
+    def restore(saved) -> None:
+        state.model.set_weights(listed(saved, "online"))
+        state.target.set_weights(listed(saved, "target"))
+        adam, variables = listed(saved, "adam"), optimizer_variables(state.model)
+        if len(adam) != len(variables):
+            raise ValueError(f"{len(adam)} optimizer arrays for {len(variables)} variables")
+        for variable, value in zip(variables, adam, strict=True):
+            variable.assign(value)
+        state.replay.restore({k.removeprefix("replay/"): saved[k] for k in saved.files if k.startswith("replay/")})
+        state.validation_obs = saved["validation_obs"] if "validation_obs" in saved.files else None
+        state.best_weights = listed(saved, "best") or None
 
-            counters = json.loads(str(saved["state"]))
-            state.rng.bit_generator.state = counters.pop("rng")
-            state.progress = Progress(**counters)
-            state.model.set_weights(listed("online"))
-            state.target.set_weights(listed("target"))
-            adam, variables = listed("adam"), optimizer_variables(state.model)
-            if len(adam) != len(variables):
-                raise ValueError(f"{len(adam)} optimizer arrays for {len(variables)} variables")
-            for variable, value in zip(variables, adam, strict=True):
-                variable.assign(value)
-            state.replay.restore({k.removeprefix("replay/"): saved[k] for k in saved.files if k.startswith("replay/")})
-            state.validation_obs = saved["validation_obs"] if "validation_obs" in saved.files else None
-            state.best_weights = listed("best") or None
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt, or another run's: one answer
-        fail(f"{path} cannot be resumed ({type(e).__name__}: {e}); start a new run, or play its "
-             f"snapshots with --model {run_dir}/step_N.keras")
+    state.progress = runs.load_checkpoint(run_dir, state.rng, restore)
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -372,10 +352,6 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
     return "interrupted" if ctrl_c.pressed else "finished"
 
 
-def crossed(before: int, now: int, period: int) -> int:
-    """How many multiples of `period` the step count passed going from `before` to `now`
-    (with one env: 1 exactly when now % period == 0)."""
-    return now // period - before // period
 
 
 def finite(obs: np.ndarray, rewards: np.ndarray, info: dict) -> bool:
@@ -407,31 +383,8 @@ def log_episodes(log: TensorBoardLogger, info: dict, step: int) -> list[float]:
     return [float(info["episode"]["r"][env]) for env in ended]
 
 
-class CtrlC:
-    """Ctrl-C only sets `pressed`, which the loop checks between steps, so a run never stops inside
-    a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills."""
-
-    def __enter__(self) -> "CtrlC":
-        self.pressed = False
-        signal.signal(signal.SIGINT, self.press)
-        return self
-
-    def press(self, *_) -> None:
-        self.pressed = True
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-    def __exit__(self, *_) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class Stopwatch:
-    """Seconds of training so far: those of earlier sessions (a resumed run) plus this one's."""
-
-    def __init__(self, before: float):
-        self.before, self.start = before, time.perf_counter()
-
-    def __call__(self) -> float:
-        return self.before + time.perf_counter() - self.start
 
 
 def learn(args: argparse.Namespace, state: TrainingState, fit_batch: Callable, averages: Averages) -> list | None:
@@ -500,16 +453,11 @@ def evaluate_periodically(args: argparse.Namespace, state: TrainingState, policy
     """Log the greedy policy's mean return; note when it first solves the env and keep its best weights."""
     p = state.progress
     mean = float(evaluate(eval_env, policy, args.eval_episodes).mean())
-    p.evals.append([p.step, mean])
     log.scalar("eval/mean_return", mean, p.step)
     if state.validation_obs is not None:  # mean over fixed states of max_a Q(s, a): a smooth signal of progress
         log.scalar("eval/avg_max_q", float(policy.q_values(state.validation_obs).max(axis=1).mean()), p.step)
-    threshold = eval_env.spec.reward_threshold
-    if threshold is not None and mean >= threshold and p.first_solved_step is None:
-        # time to solve: training seconds so far, evaluations included
-        p.first_solved_step, p.first_solved_seconds = p.step, round(clock(), 1)
-    if args.keep_best and (p.best_eval_mean is None or mean >= p.best_eval_mean):
-        p.best_eval_step, p.best_eval_mean, state.best_weights = p.step, mean, state.model.get_weights()
+    if record_evaluation(p, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
+        state.best_weights = state.model.get_weights()
 
 
 def snapshot(run_dir: Path, state: TrainingState, clock: Stopwatch, bar: tqdm) -> None:
@@ -520,8 +468,6 @@ def snapshot(run_dir: Path, state: TrainingState, clock: Stopwatch, bar: tqdm) -
     bar.write(f"saved step_{p.step}.keras and the checkpoint at step {p.step} ({len(state.replay)} transitions)")
 
 
-def wall_seconds(p: Progress) -> float:
-    return p.wall_seconds + time.time() - STARTED
 
 
 def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env, run_dir: Path,
@@ -552,28 +498,6 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
     return final_returns, last_returns
 
 
-def write_summary(run_dir: Path, args, p: Progress, status: str, final_returns, last_returns, threshold) -> dict:
-    p.wall_seconds = wall_seconds(p)
-    summary = dict(
-        env=args.env, seed=args.seed, status=status, steps=p.step, episodes=p.episode,
-        wall_seconds=round(p.wall_seconds, 2), train_seconds=round(p.train_seconds, 2),
-        # Training throughput, without the one-time XLA compilation (reported separately).
-        steps_per_second=round(p.step / max(p.train_seconds - p.compile_seconds, 1e-9), 1),
-        compile_seconds=round(p.compile_seconds, 2),
-        final_eval_mean=None, final_eval_std=None, final_eval_episodes=0,
-        solved_threshold=threshold, solved=None, first_solved_step=p.first_solved_step,
-        first_solved_seconds=p.first_solved_seconds, best_eval_step=p.best_eval_step, best_eval_mean=p.best_eval_mean,
-        last_eval_mean=None if last_returns is None else float(last_returns.mean()),
-        last_eval_std=None if last_returns is None else float(last_returns.std()),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        evals=p.evals)
-    if final_returns is not None:
-        summary.update(final_eval_mean=float(final_returns.mean()), final_eval_std=float(final_returns.std()),
-                       final_eval_episodes=len(final_returns))
-        if threshold is not None:
-            summary["solved"] = bool(final_returns.mean() >= threshold)
-    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=1))
-    return summary
 
 
 # ------------------------------------------------------------------------ saved models
@@ -596,46 +520,8 @@ def play(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------- main
 
 
-def prepare_run(args: argparse.Namespace) -> tuple[argparse.Namespace, Path, bool]:
-    """New run: create LOGDIR/NAME and record the settings. --resume: reload them."""
-    if args.resume:
-        return resumable_run(Path(args.resume)), Path(args.resume), True
-    make_env(args.env).close()  # fail on a bad env before anything is written
-    run_dir = Path(args.logdir) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
-    if run_dir.exists():
-        fail(f"{run_dir} already exists; choose another --name, or --resume {run_dir}")
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:  # a read-only folder, a --logdir that is a file, ...
-        fail(f"cannot create {run_dir} ({e.strerror}); pass a writable folder with --logdir")
-    try:
-        write_text_atomically(run_dir / "args.json", json.dumps(vars(args), indent=1))
-    except OSError as e:  # the disk is full: leave nothing behind
-        run_dir.rmdir()
-        fail(f"cannot write to {run_dir} ({e.strerror}); free some space or pass another --logdir")
-    return args, run_dir, False
 
 
-def resumable_run(run_dir: Path) -> argparse.Namespace:
-    """The saved settings of a run that --resume can continue, or a one-line error saying why not."""
-    if not (run_dir / CHECKPOINT).is_file():
-        if (run_dir / "resume" / "state.json").is_file():
-            fail(f"{run_dir} was written by an older run.py (a resume/ folder, not {CHECKPOINT}) and cannot be "
-                 "resumed; start a new run, or play its snapshots with --model")
-        if (run_dir / "args.json").is_file():
-            fail(f"{run_dir} has no complete checkpoint yet (it stopped before its first snapshot); "
-                 "start it again as a new run")
-        fail(f"{run_dir} has no resume state; pass a run directory written by run.py, e.g. runs/<name>")
-    try:
-        # Flags added since the run was written take their defaults (their behaviour before they existed).
-        defaults = vars(make_parser().parse_args([]))
-        saved = argparse.Namespace(**{**defaults, **json.loads((run_dir / "args.json").read_text())})
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    except (OSError, ValueError, TypeError) as e:
-        fail(f"{run_dir}'s args.json or summary.json is not readable ({e}); start a new run")
-    if summary.get("status") == "finished":
-        fail(f"{run_dir} already finished its {saved.steps} steps; start a new run instead")
-    return saved
 
 
 def use_threads(n: int) -> None:
@@ -652,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         play(args)
         return 0
-    args, run_dir, resuming = prepare_run(args)
+    args, run_dir, resuming = prepare_run(args, "dqn")
     try:
         summary = train(args, run_dir, resuming)
     except OSError as e:  # a full disk or a folder gone read-only: every file written so far is complete
@@ -661,27 +547,6 @@ def main(argv: list[str] | None = None) -> int:
     return report(args, run_dir, summary)
 
 
-def report(args: argparse.Namespace, run_dir: Path, summary: dict) -> int:
-    """The run's last lines, and its exit code: 0 finished, 130 interrupted, 1 stopped by a fault."""
-    if summary["status"] == "interrupted":
-        print(f"interrupted at step {summary['steps']}; snapshot and logs saved in {run_dir}. "
-              f"Continue with: python run.py --resume {run_dir}", file=sys.stderr)
-        return 130
-    if summary["status"] == "diverged":
-        print(f"stopped: the loss became non-finite after step {summary['steps']}; earlier snapshots in "
-              f"{run_dir} are kept. Try a lower --lr or --clip-norm.", file=sys.stderr)
-        return 1
-    if summary["status"] == "bad_env_output":
-        print(f"stopped: {args.env} returned a non-finite observation or reward at step {summary['steps'] + 1}; "
-              f"earlier snapshots in {run_dir} are kept. Check the env.", file=sys.stderr)
-        return 1
-    if summary["final_eval_mean"] is not None:
-        verdict = "" if summary["solved"] is None else f"  solved: {'yes' if summary['solved'] else 'no'}"
-        print(f"final eval: {summary['final_eval_mean']:.1f} ± {summary['final_eval_std']:.1f} over "
-              f"{summary['final_eval_episodes']} episodes{verdict}")
-    print(f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s ({summary['steps_per_second']:.0f} "
-          f"steps/s while training); saved in {run_dir}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_grid_expands_to_run_py_flags():
                                            (["--configs", "double=1", "double=1"], "twice"),
                                            (["--grid", "double=1,1"], "twice"),
                                            (["--grid", "double=0,1", "--configs", "default"], "not both"),
-                                           (["--grid", "lr=1e-3,-1"], "--per-eps must be positive"),
+                                           (["--grid", "lr=1e-3,-1"], "--lr must be positive"),
                                            (["--grid", "dueling=yes"], "invalid choice: 'yes'")])
 def test_bad_bench_input_is_one_line_exit_2(tmp_path, args, message):
     r = script("bench.py", *args, "--name", "x", cwd=tmp_path)

@@ -1,0 +1,229 @@
+"""What every training run shares, whatever the algorithm: its folder (LOGDIR/NAME with the
+settings, or a stopped run to --resume), its counters and clocks, the crash-safe checkpoint file,
+the bookkeeping of evaluations, Ctrl-C, summary.json and the last lines printed. No TensorFlow
+here: tabular.py uses it too.
+"""
+
+import argparse
+import dataclasses
+import json
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from atomic import write_atomically, write_text_atomically
+from envs import make_env
+from settings import ALGORITHMS, fail, make_parser
+
+STARTED = time.time()  # wall-clock start (importing this module comes before the slow TensorFlow import)
+CHECKPOINT = "checkpoint.npz"
+
+
+def script() -> str:
+    """The script being run (run.py, tabular.py, ...), for the commands the messages suggest."""
+    return Path(sys.argv[0]).name
+
+
+# ------------------------------------------------------------- the run's folder
+
+
+def prepare_run(args: argparse.Namespace, algo: str) -> tuple[argparse.Namespace, Path, bool]:
+    """New run: create LOGDIR/NAME and record the settings. --resume: reload them."""
+    if args.resume:
+        return resumable_run(Path(args.resume), algo), Path(args.resume), True
+    make_env(args.env).close()  # fail on a bad env before anything is written
+    run_dir = Path(args.logdir) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
+    if run_dir.exists():
+        fail(f"{run_dir} already exists; choose another --name, or --resume {run_dir}")
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:  # a read-only folder, a --logdir that is a file, ...
+        fail(f"cannot create {run_dir} ({e.strerror}); pass a writable folder with --logdir")
+    try:
+        write_text_atomically(run_dir / "args.json", json.dumps(vars(args), indent=1))
+    except OSError as e:  # the disk is full: leave nothing behind
+        run_dir.rmdir()
+        fail(f"cannot write to {run_dir} ({e.strerror}); free some space or pass another --logdir")
+    return args, run_dir, False
+
+
+def resumable_run(run_dir: Path, algo: str) -> argparse.Namespace:
+    """The saved settings of a run that --resume can continue, or a one-line error saying why not."""
+    if not (run_dir / CHECKPOINT).is_file():
+        if (run_dir / "resume" / "state.json").is_file():
+            fail(f"{run_dir} was written by an older {ALGORITHMS[algo][0]} (a resume/ folder, not {CHECKPOINT}) and "
+                 "cannot be resumed; start a new run, or play its snapshots with --model")
+        if (run_dir / "args.json").is_file():
+            fail(f"{run_dir} has no complete checkpoint yet (it stopped before its first snapshot); "
+                 "start it again as a new run")
+        fail(f"{run_dir} has no resume state; pass a run directory written by {ALGORITHMS[algo][0]}, e.g. runs/<name>")
+    try:
+        # Flags added since the run was written take their defaults (their behaviour before they existed).
+        defaults = vars(make_parser(algo).parse_args([]))
+        saved = argparse.Namespace(**{**defaults, **json.loads((run_dir / "args.json").read_text())})
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    except (OSError, ValueError, TypeError) as e:
+        fail(f"{run_dir}'s args.json or summary.json is not readable ({e}); start a new run")
+    if summary.get("status") == "finished":
+        fail(f"{run_dir} already finished its {saved.steps} steps; start a new run instead")
+    return saved
+
+
+# ----------------------------------------------------------------- counters and clocks
+
+
+@dataclass
+class Progress:
+    """A run's counters and timings; the checkpoint keeps them as JSON, summary.json reports them."""
+    step: int = 0
+    episode: int = 0
+    train_seconds: float = 0.0  # the training loop's time, evaluations included, over all sessions
+    compile_seconds: float = 0.0  # the update's one-time XLA compilation, per session
+    wall_seconds: float = 0.0  # process start to end, over all sessions
+    evals: list = field(default_factory=list)  # [step, mean return] of each periodic evaluation
+    first_solved_step: int | None = None
+    first_solved_seconds: float | None = None
+    best_eval_step: int | None = None
+    best_eval_mean: float | None = None
+
+
+class Stopwatch:
+    """Seconds of training so far: those of earlier sessions (a resumed run) plus this one's."""
+
+    def __init__(self, before: float):
+        self.before, self.start = before, time.perf_counter()
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+
+def wall_seconds(p: Progress) -> float:
+    return p.wall_seconds + time.time() - STARTED
+
+
+def crossed(before: int, now: int, period: int) -> int:
+    """How many multiples of `period` the step count passed going from `before` to `now`
+    (with one env: 1 exactly when now % period == 0)."""
+    return now // period - before // period
+
+
+class CtrlC:
+    """Ctrl-C only sets `pressed`, which the loop checks between steps, so a run never stops inside
+    a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills."""
+
+    def __enter__(self) -> "CtrlC":
+        self.pressed = False
+        signal.signal(signal.SIGINT, self.press)
+        return self
+
+    def press(self, *_) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    def __exit__(self, *_) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# -------------------------------------------------------------------------- checkpoint
+
+
+def save_checkpoint(run_dir: Path, progress: Progress, rng: np.random.Generator, arrays: dict[str, np.ndarray]) -> None:
+    """The counters, the random generator's state and the algorithm's arrays in one file, written
+    atomically (atomic.py), so a crash leaves either the previous complete checkpoint or this one."""
+    counters = np.array(json.dumps({**dataclasses.asdict(progress), "rng": rng.bit_generator.state}))
+    write_atomically(run_dir / CHECKPOINT, lambda tmp: np.savez(tmp, state=counters, **arrays))
+
+
+def numbered(name: str, values: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """A list of arrays as checkpoint entries name/0, name/1, ...; `listed` reads them back."""
+    return {f"{name}/{i}": v for i, v in enumerate(values)}
+
+
+def listed(saved, name: str) -> list[np.ndarray]:
+    return [saved[f"{name}/{i}"] for i in range(sum(k.startswith(name + "/") for k in saved.files))]
+
+
+def load_checkpoint(run_dir: Path, rng: np.random.Generator, restore: Callable) -> Progress:
+    """Inverse of save_checkpoint: sets the generator's state, calls restore(saved arrays) to put
+    the algorithm's arrays back, returns the counters. Any problem with the file is a one-line error."""
+    path = run_dir / CHECKPOINT
+    try:
+        with np.load(path) as saved:
+            counters = json.loads(str(saved["state"]))
+            rng.bit_generator.state = counters.pop("rng")
+            restore(saved)
+            return Progress(**counters)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, or another run's: one answer
+        fail(f"{path} cannot be resumed ({type(e).__name__}: {e}); start a new run, or play its "
+             f"step_N snapshots with --model")
+
+
+# ------------------------------------------------------------------ evaluations and end
+
+
+def record_evaluation(p: Progress, mean: float, threshold: float | None, seconds: float, keep_best: bool) -> bool:
+    """Note a periodic evaluation's mean return, and when it first reaches the env's threshold
+    (`seconds`: the training time so far, evaluations included). Returns whether its weights are
+    the best so far, to keep (--keep-best)."""
+    p.evals.append([p.step, mean])
+    if threshold is not None and mean >= threshold and p.first_solved_step is None:
+        p.first_solved_step, p.first_solved_seconds = p.step, round(seconds, 1)
+    best = keep_best and (p.best_eval_mean is None or mean >= p.best_eval_mean)
+    if best:
+        p.best_eval_step, p.best_eval_mean = p.step, mean
+    return best
+
+
+def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: str, final_returns: np.ndarray | None,
+                  last_returns: np.ndarray | None, threshold: float | None) -> dict:
+    """summary.json: what bench.py and users read after a run."""
+    p.wall_seconds = wall_seconds(p)
+    summary = dict(
+        env=args.env, seed=args.seed, status=status, steps=p.step, episodes=p.episode,
+        wall_seconds=round(p.wall_seconds, 2), train_seconds=round(p.train_seconds, 2),
+        # Training throughput, without the one-time XLA compilation (reported separately).
+        steps_per_second=round(p.step / max(p.train_seconds - p.compile_seconds, 1e-9), 1),
+        compile_seconds=round(p.compile_seconds, 2),
+        final_eval_mean=None, final_eval_std=None, final_eval_episodes=0,
+        solved_threshold=threshold, solved=None, first_solved_step=p.first_solved_step,
+        first_solved_seconds=p.first_solved_seconds, best_eval_step=p.best_eval_step, best_eval_mean=p.best_eval_mean,
+        last_eval_mean=None if last_returns is None else float(last_returns.mean()),
+        last_eval_std=None if last_returns is None else float(last_returns.std()),
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        evals=p.evals)
+    if final_returns is not None:
+        summary.update(final_eval_mean=float(final_returns.mean()), final_eval_std=float(final_returns.std()),
+                       final_eval_episodes=len(final_returns))
+        if threshold is not None:
+            summary["solved"] = bool(final_returns.mean() >= threshold)
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def report(args: argparse.Namespace, run_dir: Path, summary: dict) -> int:
+    """The run's last lines, and its exit code: 0 finished, 130 interrupted, 1 stopped by a fault."""
+    if summary["status"] == "interrupted":
+        print(f"interrupted at step {summary['steps']}; snapshot and logs saved in {run_dir}. "
+              f"Continue with: python {script()} --resume {run_dir}", file=sys.stderr)
+        return 130
+    if summary["status"] == "diverged":
+        print(f"stopped: the loss became non-finite after step {summary['steps']}; earlier snapshots in "
+              f"{run_dir} are kept. Try a lower --lr.", file=sys.stderr)
+        return 1
+    if summary["status"] == "bad_env_output":
+        print(f"stopped: {args.env} returned a non-finite observation or reward at step {summary['steps'] + 1}; "
+              f"earlier snapshots in {run_dir} are kept. Check the env.", file=sys.stderr)
+        return 1
+    if summary["final_eval_mean"] is not None:
+        verdict = "" if summary["solved"] is None else f"  solved: {'yes' if summary['solved'] else 'no'}"
+        print(f"final eval: {summary['final_eval_mean']:.1f} ± {summary['final_eval_std']:.1f} over "
+              f"{summary['final_eval_episodes']} episodes{verdict}")
+    print(f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s ({summary['steps_per_second']:.0f} "
+          f"steps/s while training); saved in {run_dir}")
+    return 0
