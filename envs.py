@@ -262,6 +262,15 @@ def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | Non
     return np.array(returns)
 
 
+def print_evaluation(env: gym.Env, returns: np.ndarray) -> None:
+    """--eval's last line: the mean return, and whether it reaches the env's 'solved' threshold."""
+    threshold = env.spec.reward_threshold
+    verdict = "" if threshold is None else f"; solved: {'yes' if returns.mean() >= threshold else 'no'} " \
+                                            f"(threshold {threshold})"
+    print(f"{env.spec.id}: mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} "
+          f"episodes{verdict}")
+
+
 def save_gif(frames: list[np.ndarray], path: str, every: int = 2) -> None:
     """Every 2nd frame at half size keeps a 200-step episode's GIF under 100 KB."""
     import imageio.v3 as iio

@@ -21,8 +21,10 @@ class TensorBoardLogger:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.writer.add_scalar(tag, float(value), step)
 
-    def text(self, tag: str, markdown: str, step: int = 0) -> None:
-        self.writer.add_text(tag, markdown, step)
+    def settings(self, flags: dict) -> None:
+        """The run's settings as a table in TensorBoard's Text tab."""
+        rows = "\n".join(f"| {k} | {v} |" for k, v in flags.items())
+        self.writer.add_text("settings", "| flag | value |\n|---|---|\n" + rows, 0)
 
     def close(self) -> None:
         """Flush everything to disk; call on every exit path so no logged point is lost."""

@@ -33,7 +33,6 @@ from runs import (
     prepare_run,
     record_evaluation,
     report,
-    wall_seconds,
     write_summary,
 )
 from settings import fail, learns_from_pixels, parse_args
@@ -65,6 +64,7 @@ from envs import (
     make_eval_env,
     make_training_envs,
     play_env,
+    print_evaluation,
     run_episodes,
     run_games,
     show_episodes,
@@ -280,8 +280,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
               f"{len(state.replay)} transitions in replay", flush=True)
     log = TensorBoardLogger(run_dir)
     if not resuming:  # the settings travel with the curves
-        rows = "\n".join(f"| {k} | {v} |" for k, v in vars(args).items())
-        log.text("settings", "| flag | value |\n|---|---|\n" + rows)
+        log.settings(vars(args))
     obs, _ = envs.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     status = training_loop(args, state, envs, obs, eval_env, run_dir, log)
@@ -464,7 +463,7 @@ def snapshot(run_dir: Path, state: TrainingState, clock: Stopwatch, bar: tqdm) -
     """A step_N.keras file to play and the checkpoint to resume from, with this moment's timings."""
     p = state.progress
     save_model(state.model, run_dir / f"step_{p.step}.keras")
-    save_checkpoint(run_dir, state, dataclasses.replace(p, train_seconds=clock(), wall_seconds=wall_seconds(p)))
+    save_checkpoint(run_dir, state, dataclasses.replace(p, train_seconds=clock()))
     bar.write(f"saved step_{p.step}.keras and the checkpoint at step {p.step} ({len(state.replay)} transitions)")
 
 
@@ -510,11 +509,7 @@ def play(args: argparse.Namespace) -> None:
     episodes = args.episodes or (100 if args.eval else 3)
     returns = show_episodes(env, policy.greedy, episodes, args.seed, args.gif, quiet=args.eval)
     if args.eval and len(returns):
-        threshold = env.spec.reward_threshold
-        verdict = "" if threshold is None else f"; solved: {'yes' if returns.mean() >= threshold else 'no'} " \
-                                                f"(threshold {threshold})"
-        print(f"{args.env}: mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} "
-              f"episodes{verdict}")
+        print_evaluation(env, returns)
 
 
 # -------------------------------------------------------------------------------- main

@@ -134,9 +134,11 @@ class CtrlC:
 
 
 def save_checkpoint(run_dir: Path, progress: Progress, rng: np.random.Generator, arrays: dict[str, np.ndarray]) -> None:
-    """The counters, the random generator's state and the algorithm's arrays in one file, written
-    atomically (atomic.py), so a crash leaves either the previous complete checkpoint or this one."""
-    counters = np.array(json.dumps({**dataclasses.asdict(progress), "rng": rng.bit_generator.state}))
+    """The counters (with this session's wall time so far), the random generator's state and the
+    algorithm's arrays in one file, written atomically (atomic.py), so a crash leaves either the
+    previous complete checkpoint or this one."""
+    counters = {**dataclasses.asdict(progress), "wall_seconds": wall_seconds(progress), "rng": rng.bit_generator.state}
+    counters = np.array(json.dumps(counters))
     write_atomically(run_dir / CHECKPOINT, lambda tmp: np.savez(tmp, state=counters, **arrays))
 
 

@@ -92,7 +92,7 @@ def make_parser(algo: str = "dqn") -> Parser:
     add_play_flags(p.add_argument_group("playing a saved model"), ".npy table" if algo == "tabular" else
                    ".keras or .h5 snapshot")
     if algo == "tabular":  # ~20 times faster per step than DQN: fewer files, the same number of points
-        p.set_defaults(steps=1_000_000, eval_every=50_000, snapshot_every=100_000, log_every=20_000)
+        p.set_defaults(steps=1_500_000, eval_every=50_000, snapshot_every=100_000, log_every=20_000)
     return p
 
 
@@ -172,10 +172,7 @@ def add_dqn_flags(dqn) -> None:
     dqn.add_argument("--clip-rewards", action=argparse.BooleanOptionalAction, default=False,
                      help="learn from the sign of each reward (-1, 0, +1), as DQN does on Atari so that one "
                           "learning rate suits every game; returns are logged and evaluated unclipped")
-    dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
-    dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
-    dqn.add_argument("--epsilon-steps", type=int, default=20_000,
-                     help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
+    add_epsilon_flags(dqn, start=1.0, end=0.02, steps=20_000)
     dqn.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
                      help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
     dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
@@ -183,20 +180,26 @@ def add_dqn_flags(dqn) -> None:
 
 
 def add_tabular_flags(tab) -> None:
-    tab.add_argument("--bins", type=int, default=40,
+    tab.add_argument("--bins", type=int, default=20,
                      help="cells per observation dimension (Gymnasium's DiscretizeObservation): more cells tell "
                           "states apart better, but each is visited less often")
-    tab.add_argument("--lr", type=float, default=0.1, help="step size of each table update (at the start)")
-    tab.add_argument("--lr-end", type=float, default=0.01,
+    tab.add_argument("--lr", type=float, default=0.5, help="step size of each table update (at the start)")
+    tab.add_argument("--lr-end", type=float, default=0.05,
                      help="anneal the step size linearly to this by the last step (= --lr: constant)")
-    tab.add_argument("--gamma", type=float, default=0.99, help="discount factor")
+    tab.add_argument("--gamma", type=float, default=1.0,
+                     help="discount factor; at 1 MountainCar's values are minus the steps left to the flag")
     tab.add_argument("--q-init", type=float, default=0.0,
                      help="every table entry's starting value; above the true values (0 for MountainCar's "
                           "-1 per step) it is optimistic: untried actions look best, so the agent tries them")
-    tab.add_argument("--epsilon-start", type=float, default=0.1, help="initial exploration rate")
-    tab.add_argument("--epsilon-end", type=float, default=0.0, help="final exploration rate")
-    tab.add_argument("--epsilon-steps", type=int, default=500_000,
-                     help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
+    # a little exploration throughout revisits the cells whose values the optimistic start leaves wrong
+    add_epsilon_flags(tab, start=0.05, end=0.05, steps=1_000_000)
+
+
+def add_epsilon_flags(group, start: float, end: float, steps: int) -> None:
+    group.add_argument("--epsilon-start", type=float, default=start, help="initial exploration rate")
+    group.add_argument("--epsilon-end", type=float, default=end, help="final exploration rate")
+    group.add_argument("--epsilon-steps", type=int, default=steps,
+                       help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
 
 
 def add_evaluation_flags(ev) -> None:

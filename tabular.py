@@ -1,0 +1,257 @@
+"""Tabular Q-learning on a discretized MountainCar: the step before DQN. Numpy only.
+
+Train:     python tabular.py                              (writes runs/<name>/)
+Watch:     python tabular.py --model runs/<name>/final.npy --view
+Evaluate:  python tabular.py --model runs/<name>/final.npy --eval
+Resume:    python tabular.py --resume runs/<name>
+Curves:    tensorboard --logdir runs
+
+Gymnasium's DiscretizeObservation cuts the observation box into --bins cells per dimension and
+numbers the cells; Q is a table with one row per cell and one column per action. Every step
+moves one entry toward its one-step target (Watkins 1989):
+
+    Q[s, a] += lr * (r + gamma * max_a' Q[s', a'] - Q[s, a])    (r alone when s' ends the episode)
+
+Each cell is learned on its own: a state never visited keeps its starting value, which is why
+the table needs many more steps than DQN, whose network generalises between nearby states.
+Everything else (flags, run folder, evaluation, logs, playing) is shared with run.py.
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from tqdm import tqdm
+
+from atomic import remove_leftovers, write_atomically
+from envs import make_env, play_env, print_evaluation, run_episodes, show_episodes
+from loggers import Averages, TensorBoardLogger
+from runs import (
+    CtrlC,
+    Progress,
+    Stopwatch,
+    load_checkpoint,
+    prepare_run,
+    record_evaluation,
+    report,
+    save_checkpoint,
+    write_summary,
+)
+from settings import fail, is_atari, parse_args
+
+MAX_CELLS = 10_000_000  # 80 MB of table per action beyond this: lower --bins
+
+
+def make_table_env(env_id: str, bins: int, env: gym.Env | None = None) -> gym.Env:
+    """The env with its observation replaced by the number of its cell (one of bins**dims)."""
+    if is_atari(env_id):
+        fail(f"{env_id}: tabular Q-learning needs a few numbers per observation, not frames; "
+             "train Atari games with run.py")
+    env = env or make_env(env_id)
+    dims = env.observation_space.shape[0]
+    if bins**dims > MAX_CELLS:
+        fail(f"--bins {bins} cuts {env_id}'s {dims} observation numbers into {bins}^{dims} cells, too many for a "
+             f"table; lower --bins (at most {int(MAX_CELLS ** (1 / dims))} for this env)")
+    try:
+        return gym.wrappers.DiscretizeObservation(env, bins)
+    except ValueError:
+        fail(f"{env_id} has unbounded observations, which cannot be cut into bins; "
+             "tabular Q-learning needs bounded ones: try MountainCar-v0 or Acrobot-v1")
+
+
+def td_update(q: np.ndarray, s: int, a: int, reward: float, s_next: int, terminated: bool, lr: float,
+              gamma: float) -> float:
+    """One Q-learning step on the table, in place; returns the TD error. A time-limit truncation
+    is not a termination: its next state still bootstraps."""
+    target = reward + (0.0 if terminated else gamma * q[s_next].max())
+    error = target - q[s, a]
+    q[s, a] += lr * error
+    return float(error)
+
+
+def epsilon_greedy(q_row: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
+    """A random action with probability epsilon, else a best one, ties broken at random: with
+    every entry at --q-init, always taking the first would never try the others."""
+    if rng.random() < epsilon:
+        return int(rng.integers(len(q_row)))
+    best = np.flatnonzero(q_row == q_row.max())
+    return int(best[0] if len(best) == 1 else rng.choice(best))
+
+
+def linear(start: float, end: float, fraction: float) -> float:
+    return start + (end - start) * min(fraction, 1.0)
+
+
+def evaluate(env: gym.Env, q: np.ndarray, episodes: int, seed: int | None = None) -> np.ndarray:
+    """Greedy returns over whole episodes (ties to the first action: evaluation draws no numbers)."""
+    returns = run_episodes(env, lambda s: int(np.argmax(q[s])), episodes, seed)
+    return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False)))
+
+
+def save_table(q: np.ndarray, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, np.save would append .npy to it
+            np.save(f, q)
+
+    write_atomically(path, write)
+
+
+# ------------------------------------------------------------------------ training
+
+
+def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
+    """Train the table, writing logs, snapshots and summary.json to run_dir; return the summary."""
+    env, eval_env = make_table_env(args.env, args.bins), make_table_env(args.env, args.bins)
+    rng = np.random.default_rng(args.seed)
+    q = np.full((env.observation_space.n, env.action_space.n), args.q_init)
+    tables = {"q": q}  # "best": the table of the best periodic evaluation (--keep-best)
+    progress = Progress()
+    print(f"table: {q.shape[0]:,} cells x {q.shape[1]} actions, {q.nbytes / 2**20:,.1f} MiB", flush=True)
+    if resuming:
+        progress = load_checkpoint(run_dir, rng, lambda saved: tables.update(q=saved["q"], **(
+            {"best": saved["best"]} if "best" in saved.files else {})))
+        remove_leftovers(run_dir)
+        print(f"resuming {run_dir} at step {progress.step}", flush=True)
+    log = TensorBoardLogger(run_dir)
+    if not resuming:  # the settings travel with the curves
+        log.settings(vars(args))
+    obs, _ = env.reset(seed=int(rng.integers(2**31)) if resuming else args.seed)
+    eval_env.reset(seed=int(rng.integers(2**31)))
+    status = training_loop(args, tables, progress, rng, env, obs, eval_env, run_dir, log)
+    save_checkpoint(run_dir, progress, rng, tables)  # where --resume continues after a Ctrl-C
+    final_returns, last_returns = finish(args, tables, progress, status, eval_env, run_dir, log)
+    summary = write_summary(run_dir, args, progress, status, final_returns, last_returns,
+                            eval_env.spec.reward_threshold)
+    env.close()
+    eval_env.close()
+    log.close()
+    return summary
+
+
+def training_loop(args: argparse.Namespace, tables: dict, p: Progress, rng: np.random.Generator, env: gym.Env,
+                  obs: int, eval_env: gym.Env, run_dir: Path, log: TensorBoardLogger) -> str:
+    """Act, update the table; log, evaluate and snapshot; until the last step or Ctrl-C."""
+    q, episode_return = tables["q"], 0.0
+    clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
+    with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
+                                 mininterval=1) as bar:
+        try:
+            while p.step < args.steps and not ctrl_c.pressed:
+                p.step += 1
+                fraction = p.step / args.steps
+                epsilon = linear(args.epsilon_start, args.epsilon_end, p.step / max(args.epsilon_steps, 1))
+                action = epsilon_greedy(q[obs], epsilon, rng)
+                next_obs, reward, terminated, truncated, _ = env.step(action)
+                error = td_update(q, obs, action, reward, next_obs, terminated,
+                                  linear(args.lr, args.lr_end, fraction), args.gamma)
+                averages.add(td_error=abs(error))
+                episode_return += reward
+                obs = next_obs
+                if terminated or truncated:
+                    p.episode += 1
+                    log.scalar("episode/return", episode_return, p.step)
+                    averages.add(episode_return=episode_return)
+                    (obs, _), episode_return = env.reset(), 0.0
+
+                if p.step % args.log_every == 0:
+                    log_progress(log, p, averages, epsilon, (q != args.q_init).any(axis=1).mean(), bar)
+                if args.eval_every and p.step % args.eval_every == 0:
+                    mean = float(evaluate(eval_env, q, args.eval_episodes).mean())
+                    log.scalar("eval/mean_return", mean, p.step)
+                    if record_evaluation(p, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
+                        tables["best"] = q.copy()
+                if p.step % args.snapshot_every == 0:
+                    save_table(q, run_dir / f"step_{p.step}.npy")
+                    save_checkpoint(run_dir, dataclasses.replace(p, train_seconds=clock()), rng, tables)
+                if p.step % 100 == 0:
+                    bar.update(100)
+        finally:
+            p.train_seconds = clock()
+    return "interrupted" if ctrl_c.pressed else "finished"
+
+
+def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, epsilon: float, visited: float,
+                 bar: tqdm) -> None:
+    """The scalars averaged since the last log line, to TensorBoard and as one line; `visited`: the
+    fraction of cells learned from so far (the others still hold --q-init)."""
+    means, sps = averages.take(p.step)
+    for tag, value in {"train/td_error": means["td_error"], "train/epsilon": epsilon, "perf/steps_per_second": sps,
+                       "train/cells_visited": visited}.items():
+        log.scalar(tag, value, p.step)
+    bar.write(f"episode {p.episode:6d}  step {p.step:8d}  |td| {means['td_error']:7.4f}  "
+              f"return {means['episode_return']:7.1f}  epsilon {epsilon:.3f}  {sps:6.0f} steps/s")
+
+
+def finish(args: argparse.Namespace, tables: dict, p: Progress, status: str, eval_env: gym.Env, run_dir: Path,
+           log: TensorBoardLogger) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A stopped run: a step_N.npy to play. A finished one: last.npy, final.npy (the table of the
+    best periodic evaluation, --keep-best) and their evaluations."""
+    if status != "finished":
+        save_table(tables["q"], run_dir / f"step_{p.step}.npy")
+        return None, None
+    save_table(tables["q"], run_dir / "last.npy")
+    best = tables.get("best", tables["q"])
+    save_table(best, run_dir / "final.npy")
+    episodes, seed = args.final_eval_episodes, args.seed + 10_000  # the same start states for both
+    if not episodes:
+        return None, None
+    last_returns = evaluate(eval_env, tables["q"], episodes, seed)
+    final_returns = last_returns if best is tables["q"] else evaluate(eval_env, best, episodes, seed)
+    log.scalar("eval/final_mean_return", final_returns.mean(), p.step)
+    return final_returns, last_returns
+
+
+# ------------------------------------------------------------------------ playing
+
+
+def play(args: argparse.Namespace) -> None:
+    """--model TABLE.npy with --view, --eval, --video and/or --gif."""
+    env = play_env(args.env, args.view, args.video, args.gif)
+    q = load_table(args.model, env)
+    env = make_table_env(args.env, table_bins(q, env), env)
+    episodes = args.episodes or (100 if args.eval else 3)
+    returns = show_episodes(env, lambda s: int(np.argmax(q[s])), episodes, args.seed, args.gif, quiet=args.eval)
+    if args.eval and len(returns):
+        print_evaluation(env, returns)
+
+
+def load_table(path: str, env: gym.Env) -> np.ndarray:
+    """A saved table that fits `env`, or a one-line error."""
+    try:
+        q = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        fail(f"{path} is not a saved table ({type(e).__name__}); pass a .npy file written by tabular.py, "
+             "such as runs/<name>/final.npy")
+    if q.ndim != 2 or q.shape[1] != env.action_space.n or table_bins(q, env) is None:
+        fail(f"{path} holds an array of shape {q.shape}, not a table for {env.spec.id} ({env.action_space.n} "
+             f"actions, bins^{env.observation_space.shape[0]} cells); pass the --env it was trained on")
+    return q
+
+
+def table_bins(q: np.ndarray, env: gym.Env) -> int | None:
+    """The --bins a table was trained with, from its number of cells (bins ** dims), or None."""
+    dims = env.observation_space.shape[0]
+    bins = round(q.shape[0] ** (1 / dims))
+    return bins if bins**dims == q.shape[0] else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv, "tabular")
+    if args.model:
+        play(args)
+        return 0
+    make_table_env(args.env, args.bins).close()  # fail on an env without a table before anything is written
+    args, run_dir, resuming = prepare_run(args, "tabular")
+    try:
+        summary = train(args, run_dir, resuming)
+    except OSError as e:
+        fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
+             f"free some space, then continue with python tabular.py --resume {run_dir}")
+    return report(args, run_dir, summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

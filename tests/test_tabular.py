@@ -1,0 +1,122 @@
+"""tabular.py: the table update and the cells against hand-computed values, a short real training
+that beats a random agent by far, playing its table as users do, Ctrl-C and --resume, and the
+one-line errors. No TensorFlow in these processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, script, summary
+
+import tabular
+
+
+def test_td_update_moves_one_entry_toward_its_target():
+    q = np.zeros((3, 2))
+    q[2] = [2.0, 4.0]
+    # bootstrapped: target -1 + 0.9 * max(2, 4) = 2.6, error 2.6, entry 0 + 0.5 * 2.6
+    assert tabular.td_update(q, 0, 1, -1.0, 2, False, lr=0.5, gamma=0.9) == pytest.approx(2.6)
+    assert q[0, 1] == pytest.approx(1.3) and q[0, 0] == 0 and list(q[2]) == [2.0, 4.0]
+    # terminated: target -1 alone, error -2.3, entry 1.3 - 0.5 * 2.3
+    assert tabular.td_update(q, 0, 1, -1.0, 2, True, lr=0.5, gamma=0.9) == pytest.approx(-2.3)
+    assert q[0, 1] == pytest.approx(0.15)
+
+
+def test_cells_of_a_discretized_box():
+    env = tabular.make_table_env("MountainCar-v0", 4)  # both numbers scaled to [-1, 1]: edges at -0.5, 0, 0.5
+    assert env.observation_space.n == 16
+
+    def cell(position: float, velocity: float) -> int:
+        return int(env.observation(np.array([position, velocity], dtype=np.float32)))
+
+    assert cell(-1.0, -1.0) == 0 and cell(1.0, 1.0) == 15  # the corners
+    assert cell(-0.75, 0.9) == 3 and cell(0.9, -0.75) == 12  # the position picks the row of 4
+    assert cell(0.0, 0.0) == 10 and cell(-0.01, -0.01) == 5  # a value on an edge belongs to the cell above it
+    raw = env.env.observation(np.array([0.6, 0.07], dtype=np.float32))  # MountainCar's own highest values
+    assert int(env.observation(raw)) == 15
+
+
+def test_epsilon_greedy_breaks_ties_at_random():
+    rng = np.random.default_rng(0)
+    assert {tabular.epsilon_greedy(np.zeros(3), 0.0, rng) for _ in range(100)} == {0, 1, 2}
+    assert {tabular.epsilon_greedy(np.array([0.0, 1.0, 0.0]), 0.0, rng) for _ in range(100)} == {1}
+
+
+def main_code(*args) -> int:
+    try:
+        return tabular.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "CartPole-v1"], "CartPole-v1 has unbounded observations"),
+    (["--env", "LunarLander-v3"], "too many for a table; lower --bins (at most 7 for this env)"),
+    (["--env", "ALE/Pong-v5"], "train Atari games with run.py"),
+    (["--bins", "0"], "--bins must be at least 1"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    (["--lr", "0"], "--lr must be positive"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    assert main_code(*args, "--logdir", tmp_path / "runs") == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("tabular") / "runs"
+    # 10 cells per number instead of 20: fewer cells to learn, a coarser policy, sooner
+    assert main_code("--bins", 10, "--steps", 200_000, "--final-eval-episodes", 20, "--logdir", logdir,
+                     "--name", "t") == 0
+    return logdir / "t"
+
+
+@pytest.mark.slow
+def test_short_training_beats_a_random_agent_by_far(table_run):
+    s = summary(table_run)
+    # a random agent never reaches the flag in MountainCar's 200 steps: -200 in every episode
+    assert s["status"] == "finished" and s["steps"] == 200_000 and s["final_eval_episodes"] == 20
+    assert s["final_eval_mean"] >= -175, s["evals"]
+    assert s["final_eval_mean"] == pytest.approx(s["best_eval_mean"], abs=25)  # final.npy is the best evaluation's
+    assert {p.name for p in table_run.glob("*.npy")} == {"step_100000.npy", "step_200000.npy", "last.npy", "final.npy"}
+    assert np.load(table_run / "final.npy").shape == (100, 3)
+
+
+@pytest.mark.slow
+def test_the_table_plays_as_users_call_it(table_run, tmp_path):
+    r = script("tabular.py", "--model", table_run / "final.npy", "--eval", "--episodes", 20, "--seed", 10_000,
+               cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    mean = float(r.stdout.split("mean return ")[1].split()[0])
+    assert mean == pytest.approx(summary(table_run)["final_eval_mean"], abs=0.05)  # the same 20 start states
+    r = script("tabular.py", "--env", "Acrobot-v1", "--model", table_run / "final.npy", "--eval", cwd=tmp_path)
+    assert r.returncode == 2 and "not a table for Acrobot-v1" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_finishes_the_run(tmp_path):
+    run_dir = tmp_path / "runs" / "stopped"
+    cmd = [sys.executable, str(ROOT / "tabular.py"), "--steps", "100000", "--snapshot-every", "5000",
+           "--eval-every", "20000", "--eval-episodes", "5", "--final-eval-episodes", "5",
+           "--logdir", str(tmp_path / "runs"), "--name", "stopped"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run_dir / "checkpoint.npz").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and f"python tabular.py --resume {run_dir}" in err, err
+    stopped = json.loads((run_dir / "summary.json").read_text())
+    assert stopped["status"] == "interrupted" and 5_000 <= stopped["steps"] < 100_000
+    assert (run_dir / f"step_{stopped['steps']}.npy").is_file()
+    r = script("tabular.py", "--resume", run_dir, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = summary(run_dir)
+    assert s["status"] == "finished" and s["steps"] == 100_000 and s["episodes"] > stopped["episodes"]
+    assert [step for step, _ in s["evals"]] == list(range(20_000, 100_001, 20_000))
