@@ -36,6 +36,13 @@ def script(name: str, *args, cwd: Path, timeout: float = 300, env: dict | None =
                           text=True, timeout=timeout, env=full, **popen)
 
 
+def imported_modules(r: subprocess.CompletedProcess) -> set[str]:
+    """The modules a process run with PYTHONPROFILEIMPORTTIME=1 imported; their lines are taken out of its stderr."""
+    lines = r.stderr.splitlines()
+    r.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+
+
 def run_main(*args) -> int:
     """run.py's main in this process: its exit code (2 for a one-line error, which goes to stderr)."""
     import run

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, checkpoint_state, script, summary
+from conftest import ROOT, checkpoint_state, imported_modules, script, summary
 
 
 def one_line_exit_2(r: subprocess.CompletedProcess, name: str) -> str:
@@ -28,13 +28,6 @@ def test_bad_flags_are_one_line_exit_2_before_tensorflow_loads(tmp_path, args, m
     assert message in one_line_exit_2(r, "run.py")
     assert "settings" in imported and "tensorflow" not in imported
     assert list(tmp_path.iterdir()) == []  # nothing written, not even runs/
-
-
-def imported_modules(r: subprocess.CompletedProcess) -> set[str]:
-    """The modules a process run with PYTHONPROFILEIMPORTTIME=1 imported; their lines are taken out of its stderr."""
-    lines = r.stderr.splitlines()
-    r.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
-    return {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
 
 
 @pytest.mark.parametrize("onednn", ["0", "1"])  # TensorFlow's default on AVX-512 CPUs is 1, elsewhere 0

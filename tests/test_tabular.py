@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, script, summary
+from conftest import ROOT, imported_modules, script, summary
 
 import tabular
 
@@ -91,8 +91,10 @@ def test_short_training_beats_a_random_agent_by_far(table_run):
 @pytest.mark.slow
 def test_the_table_plays_as_users_call_it(table_run, tmp_path):
     r = script("tabular.py", "--model", table_run / "final.npy", "--eval", "--episodes", 20, "--seed", 10_000,
-               cwd=tmp_path)
+               cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = imported_modules(r)
     assert r.returncode == 0, r.stderr
+    assert "gymnasium" in imported and not {"tensorflow", "keras"} & imported  # numpy only
     mean = float(r.stdout.split("mean return ")[1].split()[0])
     assert mean == pytest.approx(summary(table_run)["final_eval_mean"], abs=0.05)  # the same 20 start states
     r = script("tabular.py", "--env", "Acrobot-v1", "--model", table_run / "final.npy", "--eval", cwd=tmp_path)
