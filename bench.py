@@ -2,7 +2,8 @@
 
 Compare:     python bench.py --grid double=0,1 dueling=none,avg --seeds 5 --env CartPole-v1 --steps 50000
     trains every combination of the given run.py flags x seeds; each training is one
-    `python run.py` process inside a Ray Tune trial. Ray starts locally on all cores, or
+    `python run.py` process inside a Ray Tune trial (`algo=` picks another training script:
+    --grid algo=dqn,tabular, or --algo tabular for all). Ray starts locally on all cores, or
     --address auto|ray://host:port sends the trials to a running Ray cluster. Writes to
     bench/NAME/: runs/ (every trial's run directory: TensorBoard logs, snapshots), results.csv
     (one row per trial), table.md (per configuration: IQM and mean of the final evaluation
@@ -45,15 +46,21 @@ HERE = Path(__file__).resolve().parent
 # ------------------------------------------------------------------ the trials to run
 
 
-RUN_DEFAULTS = vars(settings.make_parser().parse_args([]))  # every run.py flag (as its dest) and its default
+# every flag (as its dest) of each algorithm's script, and its default
+DEFAULTS = {algo: vars(settings.make_parser(algo).parse_args([])) for algo in settings.ALGORITHMS}
 
 
 def setting(spec: str, option: str) -> tuple[str, list[str]]:
-    """"lr=1e-3,3e-4" -> ("lr", ["1e-3", "3e-4"]), checking that run.py has the flag --lr."""
+    """"lr=1e-3,3e-4" -> ("lr", ["1e-3", "3e-4"]), checking that some training script has the flag
+    --lr (whether the trial's own script has it is checked with its other flags), or that algo=
+    names algorithms."""
     key, _, values = spec.partition("=")
-    if not values or key.replace("-", "_") not in RUN_DEFAULTS:
-        settings.fail(f"{option} {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes, "
-                      "e.g. double=0,1 or lr=1e-3,3e-4")
+    if not values or not (key == "algo" or any(key.replace("-", "_") in d for d in DEFAULTS.values())):
+        settings.fail(f"{option} {spec!r}: expected FLAG=V1,V2,... with FLAG a run.py flag without its dashes "
+                      "(or one of another algorithm's script), e.g. double=0,1 or lr=1e-3,3e-4")
+    unknown = [v for v in values.split(",") if v not in settings.ALGORITHMS] if key == "algo" else []
+    if unknown:
+        settings.fail(f"{option} {spec!r}: no algorithm {unknown[0]!r}; choose from {', '.join(settings.ALGORITHMS)}")
     return key, values.split(",")
 
 
@@ -74,12 +81,14 @@ def listed_configs(specs: list[str]) -> list[dict[str, str]]:
     return configs
 
 
-def config_flags(config: dict[str, str]) -> list[str]:
+def config_flags(config: dict[str, str], algo: str) -> list[str]:
     """{"double": "1", "dueling": "avg"} -> ["--double", "--dueling", "avg"]; on/off flags take 0/1
-    (double=0 gives --no-double)."""
+    (double=0 gives --no-double). algo= is not a flag: it picks the script."""
     flags = []
     for key, value in config.items():
-        if isinstance(RUN_DEFAULTS[key.replace("-", "_")], bool):
+        if key == "algo":
+            continue
+        if isinstance(DEFAULTS[algo].get(key.replace("-", "_")), bool):
             on = value.lower() in ("1", "true", "yes", "on")
             if not on and value.lower() not in ("0", "false", "no", "off"):
                 settings.fail(f"--grid {key}={value}: --{key} is on/off, use {key}=0,1")
@@ -93,8 +102,10 @@ def config_label(config: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items()) or "default"
 
 
-def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[str], root: Path) -> list[dict]:
-    """One trial per configuration and seed: its label, flags, and own run directory."""
+def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[str], root: Path,
+                algo: str = "dqn") -> list[dict]:
+    """One trial per configuration and seed: its label, script (its algo=, else `algo`), flags, and
+    own run directory."""
     labels = [config_label(c) for c in configs]
     if len(set(labels)) < len(labels) or len(set(seeds)) < len(seeds):
         settings.fail("a configuration or a seed is given twice; give each once (a repeat would share a run directory)")
@@ -102,10 +113,13 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
     for config, seed in itertools.product(configs, seeds):
         label = config_label(config)
         name = f"{label.replace(' ', '_')}_seed{seed}"
-        flags = [*config_flags(config), *common]
-        settings.parse_args([*flags, "--seed", str(seed)])  # a bad value fails here, in one line, not in every trial
+        trial_algo = config.get("algo", algo)
+        flags = [*config_flags(config, trial_algo), *common]
+        # a bad value fails here, in one line, not in every trial
+        settings.parse_args([*flags, "--seed", str(seed)], trial_algo)
         run_dir = str((root / "runs" / name).resolve())
-        trials.append(dict(name=name, config=label, seed=seed, flags=flags, run_dir=run_dir))
+        trials.append(dict(name=name, config=label, seed=seed, script=settings.ALGORITHMS[trial_algo][0],
+                           flags=flags, run_dir=run_dir))
     return trials
 
 
@@ -138,7 +152,8 @@ def run_trial(trial: dict) -> dict:
     log_file = run_dir.parent / f"{run_dir.name}.log"
     started = time.time()
     with open(log_file, "a") as log:
-        proc = subprocess.run([sys.executable, str(HERE / "run.py"), *cmd], stdout=log, stderr=subprocess.STDOUT,
+        script = HERE / trial.get("script", "run.py")  # benches from before algo= ran only run.py
+        proc = subprocess.run([sys.executable, str(script), *cmd], stdout=log, stderr=subprocess.STDOUT,
                               preexec_fn=die_with_parent)
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
     error = None
@@ -373,6 +388,9 @@ def parse_args() -> argparse.Namespace:
                    help="instead of a grid, these configurations (each one a quoted list of FLAG=VALUE, or default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                    help="seeds per configuration: one number N means seeds 0..N-1, several mean exactly those")
+    p.add_argument("--algo", choices=list(settings.ALGORITHMS), default="dqn",
+                   help="the training script of every trial whose configuration sets no algo= "
+                        "(dqn: run.py, tabular: tabular.py)")
     p.add_argument("--env", default=None, help="run.py --env for every trial (default: run.py's)")
     p.add_argument("--steps", type=int, default=None, help="run.py --steps for every trial (default: run.py's)")
     p.add_argument("--name", default=None, help="results go to LOGDIR/NAME (default: a timestamp)")
@@ -413,7 +431,7 @@ def main() -> int:
         if root.exists():
             settings.fail(f"{root} already exists; choose another --name, or --resume {name}")
         configs = listed_configs(a.configs) if a.configs else grid_configs(a.grid)
-        trials = make_trials(configs, a.seeds, common, root)
+        trials = make_trials(configs, a.seeds, common, root, a.algo)
         root.mkdir(parents=True)
         write_text_atomically(spec_file, json.dumps(dict(command=sys.argv, trials=trials), indent=1))
 

@@ -37,12 +37,21 @@ def test_grid_expands_to_run_py_flags():
     configs = bench.grid_configs(["double=0,1", "dueling=none,avg"])
     assert configs == [{"double": "0", "dueling": "none"}, {"double": "0", "dueling": "avg"},
                        {"double": "1", "dueling": "none"}, {"double": "1", "dueling": "avg"}]
-    assert bench.config_flags({"double": "1", "dueling": "avg", "lr": "1e-3"}) == ["--double", "--dueling", "avg",
-                                                                                  "--lr", "1e-3"]
-    assert bench.config_flags({"double": "0", "keep-best": "0"}) == ["--no-double", "--no-keep-best"]
+    assert bench.config_flags({"double": "1", "dueling": "avg", "lr": "1e-3"}, "dqn") == [
+        "--double", "--dueling", "avg", "--lr", "1e-3"]
+    assert bench.config_flags({"double": "0", "keep-best": "0"}, "dqn") == ["--no-double", "--no-keep-best"]
     assert bench.grid_configs([]) == [{}] and bench.config_label({}) == "default"
     assert bench.listed_configs(["default", "double=1", "double=1 n-step=3"]) == [
         {}, {"double": "1"}, {"double": "1", "n-step": "3"}]
+
+
+def test_algo_picks_each_trials_script(tmp_path):
+    trials = bench.make_trials(bench.grid_configs(["algo=dqn,tabular", "lr=0.5"]), [3], ["--steps", "9"], tmp_path)
+    assert [(t["config"], t["script"], t["flags"]) for t in trials] == [
+        ("algo=dqn lr=0.5", "run.py", ["--lr", "0.5", "--steps", "9"]),
+        ("algo=tabular lr=0.5", "tabular.py", ["--lr", "0.5", "--steps", "9"])]
+    (trial,) = bench.make_trials([{"bins": "10"}], [0], [], tmp_path, algo="tabular")  # --algo tabular
+    assert trial["script"] == "tabular.py" and trial["flags"] == ["--bins", "10"]
 
 
 @pytest.mark.parametrize("args, message", [(["--grid", "foo=1,2"], "foo=1,2"), (["--grid", "double"], "FLAG=V1,V2"),
@@ -52,7 +61,10 @@ def test_grid_expands_to_run_py_flags():
                                            (["--grid", "double=1,1"], "twice"),
                                            (["--grid", "double=0,1", "--configs", "default"], "not both"),
                                            (["--grid", "lr=1e-3,-1"], "--lr must be positive"),
-                                           (["--grid", "dueling=yes"], "invalid choice: 'yes'")])
+                                           (["--grid", "dueling=yes"], "invalid choice: 'yes'"),
+                                           (["--grid", "algo=dqn,sarsa"], "no algorithm 'sarsa'"),
+                                           (["--algo", "tabular", "--grid", "double=0,1"],
+                                            "unrecognized arguments: --double 0 (see python tabular.py --help)")])
 def test_bad_bench_input_is_one_line_exit_2(tmp_path, args, message):
     r = script("bench.py", *args, "--name", "x", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -92,6 +104,16 @@ def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not trained again
     assert len(list(csv.DictReader(open(root / "results.csv")))) == 2
     assert len(list(root.glob("runs/lr=1e38_seed0.failed-*"))) == 1  # the diverged run kept, renamed
+
+
+@pytest.mark.slow
+def test_a_tabular_trial_runs_its_own_script(tmp_path):
+    r = script("bench.py", "--no-ray", "--configs", "algo=tabular bins=10", "--seeds", "1", "--name", "t",
+               "--steps", "20000", "--", "--eval-every", "10000", "--final-eval-episodes", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (row,) = csv.DictReader(open(tmp_path / "bench" / "t" / "results.csv"))
+    assert (row["config"], row["status"], row["steps"]) == ("algo=tabular bins=10", "finished", "20000")
+    assert (tmp_path / "bench" / "t" / "runs" / "algo=tabular_bins=10_seed0" / "final.npy").is_file()
 
 
 @pytest.mark.slow
