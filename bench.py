@@ -325,7 +325,7 @@ def config_table(results: list[dict]) -> str:
 def trial_table(results: list[dict]) -> str:
     """One row per trial. 'final' is final.keras (with --keep-best: the best periodic evaluation's
     weights), 'last' the weights at the last step; both over the same 100 fresh episodes."""
-    rows = ["| configuration | seed | status | final.keras: mean ± std | solved | last weights: mean | "
+    rows = ["| configuration | seed | status | final snapshot: mean ± std | solved | last weights: mean | "
             "first eval ≥ threshold at step | wall s | steps/s | peak RSS MiB |",
             "|---|---:|---|---:|:---:|---:|---:|---:|---:|---:|"]
     for r in results:
