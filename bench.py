@@ -118,7 +118,7 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
         # a bad value fails here, in one line, not in every trial
         settings.parse_args([*flags, "--seed", str(seed)], trial_algo)
         run_dir = str((root / "runs" / name).resolve())
-        trials.append(dict(name=name, config=label, seed=seed, script=settings.ALGORITHMS[trial_algo][0],
+        trials.append(dict(name=name, config=label, seed=seed, script=settings.ALGORITHMS[trial_algo].script,
                            flags=flags, run_dir=run_dir))
     return trials
 

@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk or a folder gone read-only: every file written so far is complete
         fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
              f"free some space, then continue with python run.py --resume {run_dir}")
-    return report(args, run_dir, summary)
+    return report(args, run_dir, summary, "dqn")
 
 
 

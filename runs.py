@@ -25,11 +25,6 @@ STARTED = time.time()  # wall-clock start (importing this module comes before th
 CHECKPOINT = "checkpoint.npz"
 
 
-def script() -> str:
-    """The script being run (run.py, tabular.py, ...), for the commands the messages suggest."""
-    return Path(sys.argv[0]).name
-
-
 # ------------------------------------------------------------- the run's folder
 
 
@@ -55,14 +50,15 @@ def prepare_run(args: argparse.Namespace, algo: str) -> tuple[argparse.Namespace
 
 def resumable_run(run_dir: Path, algo: str) -> argparse.Namespace:
     """The saved settings of a run that --resume can continue, or a one-line error saying why not."""
+    script = ALGORITHMS[algo].script
     if not (run_dir / CHECKPOINT).is_file():
         if (run_dir / "resume" / "state.json").is_file():
-            fail(f"{run_dir} was written by an older {ALGORITHMS[algo][0]} (a resume/ folder, not {CHECKPOINT}) and "
+            fail(f"{run_dir} was written by an older {script} (a resume/ folder, not {CHECKPOINT}) and "
                  "cannot be resumed; start a new run, or play its snapshots with --model")
         if (run_dir / "args.json").is_file():
             fail(f"{run_dir} has no complete checkpoint yet (it stopped before its first snapshot); "
                  "start it again as a new run")
-        fail(f"{run_dir} has no resume state; pass a run directory written by {ALGORITHMS[algo][0]}, e.g. runs/<name>")
+        fail(f"{run_dir} has no resume state; pass a run directory written by {script}, e.g. runs/<name>")
     try:
         # Flags added since the run was written take their defaults (their behaviour before they existed).
         defaults = vars(make_parser(algo).parse_args([]))
@@ -208,15 +204,15 @@ def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: 
     return summary
 
 
-def report(args: argparse.Namespace, run_dir: Path, summary: dict) -> int:
+def report(args: argparse.Namespace, run_dir: Path, summary: dict, algo: str) -> int:
     """The run's last lines, and its exit code: 0 finished, 130 interrupted, 1 stopped by a fault."""
     if summary["status"] == "interrupted":
         print(f"interrupted at step {summary['steps']}; snapshot and logs saved in {run_dir}. "
-              f"Continue with: python {script()} --resume {run_dir}", file=sys.stderr)
+              f"Continue with: python {ALGORITHMS[algo].script} --resume {run_dir}", file=sys.stderr)
         return 130
     if summary["status"] == "diverged":
         print(f"stopped: the loss became non-finite after step {summary['steps']}; earlier snapshots in "
-              f"{run_dir} are kept. Try a lower --lr.", file=sys.stderr)
+              f"{run_dir} are kept. Try a lower --lr or --clip-norm.", file=sys.stderr)
         return 1
     if summary["status"] == "bad_env_output":
         print(f"stopped: {args.env} returned a non-finite observation or reward at step {summary['steps'] + 1}; "

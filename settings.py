@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,8 +57,10 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
-def preset(env_id: str) -> dict:
-    """The tuned settings of an env: its own, the Atari ones for any ALE game, else none."""
+def preset(env_id: str, algo: str = "dqn") -> dict:
+    """An algorithm's tuned settings for an env: its own, for DQN the Atari ones for any ALE game, else none."""
+    if algo != "dqn":
+        return ALGORITHMS[algo].presets.get(env_id, {})
     return PRESETS.get(env_id, ATARI if is_atari(env_id) else {})
 
 
@@ -69,19 +72,26 @@ PLAIN = dict(n_step=1, double=False, prioritized=False, dueling="none", tau=None
 # Tabular Q-learning: the defaults below are MountainCar-v0's.
 TABULAR_PRESETS = {"MountainCar-v0": {}, "Acrobot-v1": dict(bins=10)}
 
-# The training scripts, by the name bench.py's --algo gives them: (script, what it does, default
-# env, tuned presets per env).
+class Algorithm(NamedTuple):
+    script: str
+    description: str
+    default_env: str
+    presets: dict  # tuned settings per env id
+
+
+# The training scripts, by the name bench.py's --algo gives them.
 ALGORITHMS = {
-    "dqn": ("run.py", "Deep Q-learning on a Gymnasium env (default MountainCar-v0).", "MountainCar-v0", PRESETS),
-    "tabular": ("tabular.py", "Tabular Q-learning on a discretized Gymnasium env (default MountainCar-v0), "
-                "numpy only.", "MountainCar-v0", TABULAR_PRESETS),
+    "dqn": Algorithm("run.py", "Deep Q-learning on a Gymnasium env (default MountainCar-v0).", "MountainCar-v0",
+                     PRESETS),
+    "tabular": Algorithm("tabular.py", "Tabular Q-learning on a discretized Gymnasium env (default MountainCar-v0), "
+                         "numpy only.", "MountainCar-v0", TABULAR_PRESETS),
 }
 
 
 def make_parser(algo: str = "dqn") -> Parser:
     """An algorithm's command line: one function per group of flags, in the order --help shows them."""
-    script, description, _, _ = ALGORITHMS[algo]
-    p = Parser(prog=script, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=ALGORITHMS[algo].script, description=ALGORITHMS[algo].description,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_run_flags(p.add_argument_group("run"), algo)
     if algo == "dqn":
         add_network_flags(p.add_argument_group("Q-network and optimiser"))
@@ -97,7 +107,7 @@ def make_parser(algo: str = "dqn") -> Parser:
 
 
 def add_run_flags(run, algo: str) -> None:
-    _, _, default_env, presets = ALGORITHMS[algo]
+    default_env, presets = ALGORITHMS[algo].default_env, ALGORITHMS[algo].presets
     envs = ("Gymnasium env id with a bounded Box observation (it is cut into bins) and Discrete actions"
             if algo == "tabular" else "Gymnasium env id with a Box observation and Discrete actions")
     atari = ", or an Atari game ALE/<Game>-v5 (learned from pixels)" if algo == "dqn" else ""
@@ -233,8 +243,7 @@ def parse_args(argv: list[str] | None = None, algo: str = "dqn") -> argparse.Nam
     first.add_argument("--env", default=p.get_default("env"))
     first.add_argument("--plain", action="store_true")
     found = first.parse_known_args(argv)[0]
-    tuned = preset(found.env) if algo == "dqn" else ALGORITHMS[algo][3].get(found.env, {})
-    p.set_defaults(**{**tuned, **(PLAIN if found.plain and algo == "dqn" else {})})
+    p.set_defaults(**{**preset(found.env, algo), **(PLAIN if found.plain and algo == "dqn" else {})})
     args = p.parse_args(argv)
     check_args(args)
     return args

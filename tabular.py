@@ -243,14 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         play(args)
         return 0
-    make_table_env(args.env, args.bins).close()  # fail on an env without a table before anything is written
+    if not args.resume:  # fail on an env without a table before anything is written (a resumed run's was checked)
+        make_table_env(args.env, args.bins).close()
     args, run_dir, resuming = prepare_run(args, "tabular")
     try:
         summary = train(args, run_dir, resuming)
     except OSError as e:
         fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
              f"free some space, then continue with python tabular.py --resume {run_dir}")
-    return report(args, run_dir, summary)
+    return report(args, run_dir, summary, "tabular")
 
 
 if __name__ == "__main__":
