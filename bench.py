@@ -3,7 +3,7 @@
 Compare:     python bench.py --grid double=0,1 dueling=none,avg --seeds 5 --env CartPole-v1 --steps 50000
     trains every combination of the given run.py flags x seeds; each training is one
     `python run.py` process inside a Ray Tune trial (`algo=` picks another training script:
-    --grid algo=dqn,tabular, or --algo tabular for all). Ray starts locally on all cores, or
+    --grid algo=dqn,reinforce,a2c, or --algo a2c for all). Ray starts locally on all cores, or
     --address auto|ray://host:port sends the trials to a running Ray cluster. Writes to
     bench/NAME/: runs/ (every trial's run directory: TensorBoard logs, snapshots), results.csv
     (one row per trial), table.md (per configuration: IQM and mean of the final evaluation
@@ -390,9 +390,10 @@ def parse_args() -> argparse.Namespace:
                    help="seeds per configuration: one number N means seeds 0..N-1, several mean exactly those")
     p.add_argument("--algo", choices=list(settings.ALGORITHMS), default="dqn",
                    help="the training script of every trial whose configuration sets no algo= "
-                        "(dqn: run.py, tabular: tabular.py)")
-    p.add_argument("--env", default=None, help="run.py --env for every trial (default: run.py's)")
-    p.add_argument("--steps", type=int, default=None, help="run.py --steps for every trial (default: run.py's)")
+                        f"({', '.join(f'{name}: {a.script}' for name, a in settings.ALGORITHMS.items())})")
+    p.add_argument("--env", default=None, help="--env for every trial (default: each script's own)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="--steps for every trial (default: each script's, or its env preset's)")
     p.add_argument("--name", default=None, help="results go to LOGDIR/NAME (default: a timestamp)")
     p.add_argument("--logdir", default="bench", help="root folder for benchmark results")
     p.add_argument("--resume", metavar="NAME", default=None,

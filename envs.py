@@ -172,6 +172,11 @@ def run_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None
         yield total
 
 
+def evaluate_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None = None) -> np.ndarray:
+    """The returns of whole episodes played with `policy(obs) -> action`, with a progress bar."""
+    return np.array(list(tqdm(run_episodes(env, policy, episodes, seed), total=episodes, desc="eval", leave=False)))
+
+
 def make_eval_env(env_id: str, games: int, threads: int) -> gym.Env | AtariGames:
     """The env a training evaluates on, never its training envs (stepping those would cut their
     current episodes short). Atari: `games` whole games at once, played as they are scored."""
@@ -260,6 +265,15 @@ def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | Non
         print(f"window closed after {len(returns)} complete episode(s)", flush=True)
     env.close()
     return np.array(returns)
+
+
+def play_saved(args, env: gym.Env, policy: Callable) -> None:
+    """What --view, --eval, --video and --gif do with a saved model: play `policy` on `env` (from
+    play_env) and print each return, or with --eval their mean and whether it solves the env."""
+    returns = show_episodes(env, policy, args.episodes or (100 if args.eval else 3), args.seed, args.gif,
+                            quiet=args.eval)
+    if args.eval and len(returns):
+        print_evaluation(env, returns)
 
 
 def print_evaluation(env: gym.Env, returns: np.ndarray) -> None:

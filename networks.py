@@ -1,18 +1,23 @@
-"""The Q-network and the policy that acts with it.
+"""The networks and the objects that act with them.
 
-`create_model` builds Q(s, .) with the action-mask input; `load_model` reads a snapshot back;
-`Policy` turns a Q-network into actions (greedy or epsilon-greedy) as fast as the network
-allows: a numpy copy of the weights for the dense networks built here, one compiled call
-for any other network.
+`create_model` builds DQN's Q(s, .) with the action-mask input, and `Policy` turns it into
+actions (greedy or epsilon-greedy) as fast as the network allows: a numpy copy of the weights
+for the dense networks built here, one compiled call for any other network.
+`create_actor_critic` builds the policy-gradient agents' pi(.|s) and V(s), and `ActorCritic`
+samples and values with a numpy copy of it. `load_model` reads a snapshot back, `save_model`
+writes one.
 """
 
+import functools
 from pathlib import Path
 
 import gymnasium as gym
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.saving import saving_lib
 
+from atomic import write_atomically
 from settings import fail
 
 
@@ -41,11 +46,11 @@ class Dueling(keras.layers.Layer):
 HIDDEN_LAYERS = 2
 
 
-def dense_torso(obs, units: int):
+def dense_torso(obs, units: int, prefix: str = "hidden"):
     """Two ReLU layers, for observations that are a few numbers (classic control, Box2D)."""
     h = obs
     for i in range(HIDDEN_LAYERS):
-        h = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(h)
+        h = keras.layers.Dense(units, activation="relu", name=f"{prefix}_{i}")(h)
     return h
 
 
@@ -87,8 +92,26 @@ def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, l
     return model
 
 
-def load_model(path: str, env: gym.Env) -> keras.Model:
-    """Load a .keras or .h5 snapshot and check it fits `env`, or fail with one line."""
+def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool, lr: float,
+                        clip_norm: float) -> keras.Model:
+    """The policy pi(.|s) as logits, and the baseline V(s), for reinforce.py and a2c.py.
+
+    With `shared` one torso feeds both heads (fewer weights, but the value loss then shapes the
+    policy's features too); otherwise the critic has its own (critic_0, critic_1). The logits
+    start near 0, so the first policy is close to uniform: every action gets tried.
+    """
+    obs = keras.Input((obs_size,), name="obs")
+    h = dense_torso(obs, units)
+    logits = keras.layers.Dense(n_actions, kernel_initializer=keras.initializers.Orthogonal(0.01), name="logits")(h)
+    value = keras.layers.Dense(1, name="value")(h if shared else dense_torso(obs, units, "critic"))
+    model = keras.Model(obs, [logits, value])
+    model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm))
+    return model
+
+
+def load_model(path: str, env: gym.Env, actor_critic: bool = False) -> keras.Model:
+    """Load a .keras or .h5 snapshot and check it fits `env` (a Q-network, or with `actor_critic`
+    a policy-gradient network), or fail with one line."""
     if not Path(path).is_file():
         fail(f"no model file at {path}; pass a snapshot such as runs/<name>/final.keras")
     try:
@@ -96,11 +119,58 @@ def load_model(path: str, env: gym.Env) -> keras.Model:
     except Exception as e:  # noqa: BLE001 - any reason a file is not a model gets the same answer
         fail(f"{path} is not a loadable Keras model ({type(e).__name__}); pass a .keras or .h5 snapshot")
     obs_shape, n_actions = tuple(env.observation_space.shape), int(env.action_space.n)
-    shapes = [tuple(t.shape) for t in model.inputs]
-    if shapes != [(None, *obs_shape), (None, n_actions)] or model.output_shape != (None, n_actions):
-        fail(f"{path} has inputs {shapes} and output {model.output_shape}, but {env.spec.id} has "
-             f"observations of shape {obs_shape} and {n_actions} actions; pass the --env it was trained on")
+    shapes = [tuple(t.shape) for t in model.inputs], [tuple(t.shape) for t in model.outputs]
+    expected = (([(None, *obs_shape)], [(None, n_actions), (None, 1)]) if actor_critic
+                else ([(None, *obs_shape), (None, n_actions)], [(None, n_actions)]))
+    if shapes != expected:
+        fail(f"{path} has inputs {shapes[0]} and outputs {shapes[1]}, but this script's network for {env.spec.id} "
+             f"has inputs {expected[0]} and outputs {expected[1]}; pass the --env it was trained on, or a "
+             "snapshot this script wrote")
     return model
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """A .keras snapshot that --model can load, written atomically (atomic.py)."""
+    write_atomically(path, model.save)
+
+
+# Keras 3.15 stores the attribute skip-sets of its saving code as "saving_attr_skipset_*" but looks
+# them up as "saving_attr_skiplist_*", so every save builds new reference layers whose memory is
+# never given back (~70 KB a snapshot). Caching the function stops that growth.
+saving_lib.get_attr_skipset = functools.cache(saving_lib.get_attr_skipset)
+
+
+def optimizer_variables(model: keras.Model) -> list:
+    """Adam's step count and moments. Keras creates the moments at the first update, so a
+    checkpoint taken before learning starts builds them first (as zeros, as the update would)."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return model.optimizer.variables
+
+
+def restore_optimizer(model: keras.Model, values: list[np.ndarray]) -> None:
+    """Put a checkpoint's optimizer_variables back."""
+    variables = optimizer_variables(model)
+    if len(values) != len(variables):
+        raise ValueError(f"{len(values)} optimizer arrays for {len(variables)} variables")
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+def numpy_weights(model: keras.Model, values: list | None = None) -> dict[str, np.ndarray]:
+    """The model's trainable weights (or these values of them, in the same order) by name, e.g. "hidden_0/kernel"."""
+    values = model.trainable_variables if values is None else values
+    return {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
+
+
+def dense_layers(weights: dict[str, np.ndarray], names: list[str], h: np.ndarray, relu_last: bool) -> np.ndarray:
+    """The named dense layers in numpy, one after the other, ReLU after each (and after the last one
+    only if `relu_last`)."""
+    for i, name in enumerate(names):
+        h = h @ weights[f"{name}/kernel"] + weights[f"{name}/bias"]
+        if relu_last or i < len(names) - 1:
+            h = np.maximum(h, 0.0)
+    return h
 
 
 # Acting calls the network once per env step. A Keras call costs ~1 ms and model.predict
@@ -125,34 +195,23 @@ class Policy:
         self.dense = (set(self.hidden) | heads).issubset(names) and all(
             model.get_layer(name).activation is keras.activations.relu for name in self.hidden)
         self.dueling = model.get_layer("dueling").mode if "dueling" in names else "none"
-        # Where each variable sits in model.trainable_variables, the order the update returns them in.
-        self.paths = [v.path for v in model.trainable_variables]
         self.compiled = None if self.dense else tf.function(self._keras_q_values, reduce_retracing=True)
         self.refresh()
 
     def refresh(self, values: list | None = None) -> None:
-        """Copy the current weights (or these values of model.trainable_variables) for acting, as
-        (kernel, bias) per layer: the hidden layers in order, and the heads (q, or value and advantage)."""
-        if not self.dense:
-            return
-        values = self.model.trainable_variables if values is None else values
-        w = {path: np.asarray(v) for path, v in zip(self.paths, values, strict=True)}
-        heads = ["q"] if self.dueling == "none" else ["value", "advantage"]
-        self.hidden_weights = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in self.hidden]
-        self.head_weights = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in heads]
+        """Copy the current weights (or these values of model.trainable_variables) for acting."""
+        if self.dense:
+            self.weights = numpy_weights(self.model, values)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for a batch of observations, every action."""
         if not self.dense:
             return self.compiled(tf.convert_to_tensor(obs, self.model.inputs[0].dtype)).numpy()
-        h = obs
-        for kernel, bias in self.hidden_weights:
-            h = np.maximum(h @ kernel + bias, 0.0)
         if self.dueling == "none":
-            ((kernel, bias),) = self.head_weights
-            return h @ kernel + bias
-        (v_kernel, v_bias), (a_kernel, a_bias) = self.head_weights
-        value, advantage = h @ v_kernel + v_bias, h @ a_kernel + a_bias
+            return dense_layers(self.weights, [*self.hidden, "q"], obs, relu_last=False)
+        h = dense_layers(self.weights, self.hidden, obs, relu_last=True)
+        value = dense_layers(self.weights, ["value"], h, relu_last=False)
+        advantage = dense_layers(self.weights, ["advantage"], h, relu_last=False)
         reduce = np.mean if self.dueling == "avg" else np.max
         return value + advantage - reduce(advantage, axis=1, keepdims=True)
 
@@ -180,3 +239,38 @@ class Policy:
         if explorers:
             actions[explore] = rng.integers(self.n_actions, size=explorers)
         return actions
+
+
+class ActorCritic:
+    """Sampled and greedy actions, and values, from an actor-critic network, in numpy on a copy of
+    its weights (refreshed after each update), with the layers found by name."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        torso = [f"hidden_{i}" for i in range(HIDDEN_LAYERS)]
+        separate = "critic_0" in {layer.name for layer in model.layers}
+        self.actor_layers = [*torso, "logits"]
+        self.critic_layers = [*([f"critic_{i}" for i in range(HIDDEN_LAYERS)] if separate else torso), "value"]
+        self.refresh()
+
+    def refresh(self, values: list | None = None) -> None:
+        self.weights = numpy_weights(self.model, values)
+
+    def probabilities(self, obs: np.ndarray) -> np.ndarray:
+        logits = dense_layers(self.weights, self.actor_layers, obs, relu_last=False)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax, shifted so exp cannot overflow
+        return e / e.sum(axis=1, keepdims=True)
+
+    def values(self, obs: np.ndarray) -> np.ndarray:
+        """V(s) for a batch of observations."""
+        return dense_layers(self.weights, self.critic_layers, obs, relu_last=False)[:, 0]
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One action per row, drawn from pi(.|s): the first whose cumulative probability passes a uniform number."""
+        cumulative = self.probabilities(obs).cumsum(axis=1)
+        u = rng.random((len(obs), 1)) * cumulative[:, -1:]  # scaled: the sum may round to just under 1
+        return (cumulative <= u).sum(axis=1)
+
+    def greedy(self, obs: np.ndarray) -> int:
+        """The most probable action for one observation."""
+        return int(np.argmax(dense_layers(self.weights, self.actor_layers, obs[None], relu_last=False)[0]))

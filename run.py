@@ -30,13 +30,12 @@ from runs import (
     crossed,
     listed,
     numbered,
-    prepare_run,
     record_evaluation,
-    report,
+    train_and_report,
     write_summary,
 )
-from settings import fail, learns_from_pixels, parse_args
-from startup import load_tensorflow
+from settings import learns_from_pixels, parse_args
+from startup import load_tensorflow, use_threads
 
 if __name__ == "__main__":
     # Bad flags get their one-line error now, not after the seconds TensorFlow takes to load.
@@ -53,25 +52,23 @@ import gymnasium as gym
 import keras
 import numpy as np
 import psutil
-from keras.src.saving import saving_lib
 from tqdm import tqdm
 
 import runs
-from atomic import remove_leftovers, write_atomically
+from atomic import remove_leftovers
 from envs import (
     AtariGames,
     make_env,
     make_eval_env,
     make_training_envs,
     play_env,
-    print_evaluation,
+    play_saved,
     run_episodes,
     run_games,
-    show_episodes,
 )
 from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from loggers import Averages, TensorBoardLogger
-from networks import Policy, create_model, load_model
+from networks import Policy, create_model, load_model, optimizer_variables, restore_optimizer, save_model
 from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter
 
 # --------------------------------------------------------------------------- exploration
@@ -178,8 +175,6 @@ def make_fit_batch(model: keras.Model, target_model: keras.Model, double: bool =
 # ------------------------------------------------------------- the run's state, saved whole
 
 
-
-
 @dataclass
 class TrainingState:
     """Everything a run has learned so far; the checkpoint saves exactly this and --resume loads it."""
@@ -226,40 +221,17 @@ def save_checkpoint(run_dir: Path, state: TrainingState, progress: Progress | No
     runs.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
 
 
-def optimizer_variables(model: keras.Model) -> list:
-    """Adam's step count and moments. Keras creates the moments at the first update, so a
-    checkpoint taken before learning starts builds them first (as zeros, as the update would)."""
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    return model.optimizer.variables
-
-
 def load_checkpoint(run_dir: Path, state: TrainingState) -> None:
     """Inverse of save_checkpoint, into the freshly built `state`."""
     def restore(saved) -> None:
         state.model.set_weights(listed(saved, "online"))
         state.target.set_weights(listed(saved, "target"))
-        adam, variables = listed(saved, "adam"), optimizer_variables(state.model)
-        if len(adam) != len(variables):
-            raise ValueError(f"{len(adam)} optimizer arrays for {len(variables)} variables")
-        for variable, value in zip(variables, adam, strict=True):
-            variable.assign(value)
+        restore_optimizer(state.model, listed(saved, "adam"))
         state.replay.restore({k.removeprefix("replay/"): saved[k] for k in saved.files if k.startswith("replay/")})
         state.validation_obs = saved["validation_obs"] if "validation_obs" in saved.files else None
         state.best_weights = listed(saved, "best") or None
 
     state.progress = runs.load_checkpoint(run_dir, state.rng, restore)
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    """A .keras snapshot that --model can load, written atomically (atomic.py)."""
-    write_atomically(path, model.save)
-
-
-# Keras 3.15 stores the attribute skip-sets of its saving code as "saving_attr_skipset_*" but looks
-# them up as "saving_attr_skiplist_*", so every save builds new reference layers whose memory is
-# never given back (~70 KB a snapshot). Caching the function stops that growth.
-saving_lib.get_attr_skipset = functools.cache(saving_lib.get_attr_skipset)
 
 
 # ------------------------------------------------------------------------ training loop
@@ -351,8 +323,6 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
     return "interrupted" if ctrl_c.pressed else "finished"
 
 
-
-
 def finite(obs: np.ndarray, rewards: np.ndarray, info: dict) -> bool:
     """No NaN or inf in what the envs returned (one sum: they propagate into it). Integer
     observations (Atari frames) cannot hold either: summing them would only cost time."""
@@ -380,10 +350,6 @@ def log_episodes(log: TensorBoardLogger, info: dict, step: int) -> list[float]:
         log.scalar("episode/return", info["episode"]["r"][env], step)
         log.scalar("episode/length", info["episode"]["l"][env], step)
     return [float(info["episode"]["r"][env]) for env in ended]
-
-
-
-
 
 
 def learn(args: argparse.Namespace, state: TrainingState, fit_batch: Callable, averages: Averages) -> list | None:
@@ -467,8 +433,6 @@ def snapshot(run_dir: Path, state: TrainingState, clock: Stopwatch, bar: tqdm) -
     bar.write(f"saved step_{p.step}.keras and the checkpoint at step {p.step} ({len(state.replay)} transitions)")
 
 
-
-
 def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env, run_dir: Path,
            log: TensorBoardLogger) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Save what the status calls for; after a finished run, evaluate the final and the last
@@ -497,51 +461,25 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
     return final_returns, last_returns
 
 
-
-
 # ------------------------------------------------------------------------ saved models
 
 
 def play(args: argparse.Namespace) -> None:
     """--model PATH with --view, --eval, --video and/or --gif."""
     policy = Policy(load_model(args.model, make_env(args.env)))  # check it before writing anything
-    env = play_env(args.env, args.view, args.video, args.gif)
-    episodes = args.episodes or (100 if args.eval else 3)
-    returns = show_episodes(env, policy.greedy, episodes, args.seed, args.gif, quiet=args.eval)
-    if args.eval and len(returns):
-        print_evaluation(env, returns)
+    play_saved(args, play_env(args.env, args.view, args.video, args.gif), policy.greedy)
 
 
 # -------------------------------------------------------------------------------- main
 
 
-
-
-
-
-def use_threads(n: int) -> None:
-    """TensorFlow's thread pools. They can only be set before its first operation: here, in a
-    fresh process; a process that set them already (the tests, training in process) keeps them."""
-    if tf.config.threading.get_intra_op_parallelism_threads() != n:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    use_threads(args.threads)
+    use_threads(tf, args.threads)
     if args.model:
         play(args)
         return 0
-    args, run_dir, resuming = prepare_run(args, "dqn")
-    try:
-        summary = train(args, run_dir, resuming)
-    except OSError as e:  # a full disk or a folder gone read-only: every file written so far is complete
-        fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
-             f"free some space, then continue with python run.py --resume {run_dir}")
-    return report(args, run_dir, summary, "dqn")
-
-
+    return train_and_report(args, "dqn", train)
 
 
 if __name__ == "__main__":

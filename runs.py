@@ -109,6 +109,11 @@ def crossed(before: int, now: int, period: int) -> int:
     return now // period - before // period
 
 
+def linear(start: float, end: float, fraction: float) -> float:
+    """A linear schedule: start at fraction 0, end from fraction 1 on."""
+    return start + (end - start) * min(fraction, 1.0)
+
+
 class CtrlC:
     """Ctrl-C only sets `pressed`, which the loop checks between steps, so a run never stops inside
     a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills."""
@@ -179,8 +184,8 @@ def record_evaluation(p: Progress, mean: float, threshold: float | None, seconds
 
 
 def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: str, final_returns: np.ndarray | None,
-                  last_returns: np.ndarray | None, threshold: float | None) -> dict:
-    """summary.json: what bench.py and users read after a run."""
+                  last_returns: np.ndarray | None, threshold: float | None, extra: dict | None = None) -> dict:
+    """summary.json: what bench.py and users read after a run (`extra`: an algorithm's own entries)."""
     p.wall_seconds = wall_seconds(p)
     summary = dict(
         env=args.env, seed=args.seed, status=status, steps=p.step, episodes=p.episode,
@@ -194,7 +199,7 @@ def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: 
         last_eval_mean=None if last_returns is None else float(last_returns.mean()),
         last_eval_std=None if last_returns is None else float(last_returns.std()),
         peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        evals=p.evals)
+        evals=p.evals, **(extra or {}))
     if final_returns is not None:
         summary.update(final_eval_mean=float(final_returns.mean()), final_eval_std=float(final_returns.std()),
                        final_eval_episodes=len(final_returns))
@@ -202,6 +207,18 @@ def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: 
             summary["solved"] = bool(final_returns.mean() >= threshold)
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def train_and_report(args: argparse.Namespace, algo: str, train: Callable) -> int:
+    """A training as its script's main runs it: the run's folder (new, or --resume), then
+    train(args, run_dir, resuming) -> summary, then the last lines; returns the exit code."""
+    args, run_dir, resuming = prepare_run(args, algo)
+    try:
+        summary = train(args, run_dir, resuming)
+    except OSError as e:  # a full disk or a folder gone read-only: every file written so far is complete
+        fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
+             f"free some space, then continue with python {ALGORITHMS[algo].script} --resume {run_dir}")
+    return report(args, run_dir, summary, algo)
 
 
 def report(args: argparse.Namespace, run_dir: Path, summary: dict, algo: str) -> int:

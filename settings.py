@@ -2,7 +2,7 @@
 the checks that turn bad values into one-line errors. No TensorFlow here, so that see.py and
 bench.py (and a typo on a command line) never wait for it to load.
 
-Each algorithm is a script (SCRIPTS); they share the run, evaluation and playing flags and each
+Each algorithm is a script (ALGORITHMS); they share the run, evaluation and playing flags and each
 adds its own group.
 """
 
@@ -72,6 +72,15 @@ PLAIN = dict(n_step=1, double=False, prioritized=False, dueling="none", tau=None
 # Tabular Q-learning: the defaults below are MountainCar-v0's.
 TABULAR_PRESETS = {"MountainCar-v0": {}, "Acrobot-v1": dict(bins=10)}
 
+# The policy-gradient agents: the defaults below are CartPole-v1's.
+REINFORCE_PRESETS = {"CartPole-v1": {}}
+A2C_PRESETS = {
+    "CartPole-v1": {},
+    "Acrobot-v1": dict(steps=300_000),
+    # Episodes last up to 1,000 steps: evaluate less often.
+    "LunarLander-v3": dict(steps=1_000_000, eval_every=25_000, snapshot_every=50_000, log_every=10_000),
+}
+
 class Algorithm(NamedTuple):
     script: str
     description: str
@@ -85,7 +94,12 @@ ALGORITHMS = {
                      PRESETS),
     "tabular": Algorithm("tabular.py", "Tabular Q-learning on a discretized Gymnasium env (default MountainCar-v0), "
                          "numpy only.", "MountainCar-v0", TABULAR_PRESETS),
+    "reinforce": Algorithm("reinforce.py", "REINFORCE with a learned baseline on a Gymnasium env (default "
+                           "CartPole-v1).", "CartPole-v1", REINFORCE_PRESETS),
+    "a2c": Algorithm("a2c.py", "Synchronous advantage actor-critic (A2C) on a Gymnasium env (default CartPole-v1).",
+                     "CartPole-v1", A2C_PRESETS),
 }
+POLICY_GRADIENTS = ("reinforce", "a2c")
 
 
 def make_parser(algo: str = "dqn") -> Parser:
@@ -98,11 +112,16 @@ def make_parser(algo: str = "dqn") -> Parser:
         add_dqn_flags(p.add_argument_group("DQN"))
     elif algo == "tabular":
         add_tabular_flags(p.add_argument_group("tabular Q-learning"))
+    else:
+        add_policy_gradient_flags(p.add_argument_group("policy network and optimiser"), algo)
     add_evaluation_flags(p.add_argument_group("evaluation, logging and snapshots"))
     add_play_flags(p.add_argument_group("playing a saved model"), ".npy table" if algo == "tabular" else
                    ".keras or .h5 snapshot")
     if algo == "tabular":  # ~20 times faster per step than DQN: fewer files, the same number of points
         p.set_defaults(steps=1_500_000, eval_every=50_000, snapshot_every=100_000, log_every=20_000)
+    elif algo in POLICY_GRADIENTS:  # CartPole's evaluation episodes last up to 500 steps: fewer of them
+        p.set_defaults(steps=300_000 if algo == "reinforce" else 200_000, eval_every=10_000, eval_episodes=20,
+                       snapshot_every=20_000, log_every=5_000)
     return p
 
 
@@ -121,7 +140,7 @@ def add_run_flags(run, algo: str) -> None:
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue a stopped run (Ctrl-C, kill, crash) from its last complete checkpoint, "
                           "with its saved settings")
-    if algo == "tabular":
+    if algo != "dqn":
         return
     run.add_argument("--threads", type=int, default=1,
                      help="TensorFlow threads (and the Atari games' stepping threads); a dense network is tiny, "
@@ -205,6 +224,33 @@ def add_tabular_flags(tab) -> None:
     add_epsilon_flags(tab, start=0.05, end=0.05, steps=1_000_000)
 
 
+def add_policy_gradient_flags(pg, algo: str) -> None:
+    pg.add_argument("--units", type=int, default=64, help="width of each of the two hidden ReLU layers")
+    pg.add_argument("--shared", action=argparse.BooleanOptionalAction, default=False,
+                    help="one torso for the policy and value heads; otherwise the critic has its own layers")
+    pg.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (at the start)")
+    # A2C's last weights were often worse than its best ones at a constant rate; annealing to 0 steadies the end
+    pg.add_argument("--lr-end", type=float, default=1e-3 if algo == "reinforce" else 0.0,
+                    help="anneal the learning rate linearly to this by the last step (= --lr: constant)")
+    pg.add_argument("--clip-norm", type=float, default=0.5, help="clip the global gradient norm to this")
+    pg.add_argument("--gamma", type=float, default=0.99, help="discount factor")
+    pg.add_argument("--value-coef", type=float, default=0.5, help="weight of the critic's squared error in the loss")
+    pg.add_argument("--entropy-coef", type=float, default=0.0 if algo == "reinforce" else 0.01,
+                    help="weight of the policy's entropy bonus: keeps it from becoming certain too early")
+    pg.add_argument("--normalize-advantages", action=argparse.BooleanOptionalAction, default=algo == "reinforce",
+                    help="scale each batch's advantages to mean 0 and std 1: one step size suits episodes of "
+                         "any length and reward scale")
+    if algo == "reinforce":
+        pg.add_argument("--episodes-per-update", type=int, default=1,
+                        help="whole episodes gathered before each gradient step")
+        return
+    pg.add_argument("--num-envs", type=int, default=8,
+                    help="envs stepped side by side (Gymnasium's vector env); each batch holds n-steps x num-envs "
+                         "transitions from as many different states")
+    pg.add_argument("--n-steps", type=int, default=16,
+                    help="steps per env before each update; returns bootstrap from V after them")
+
+
 def add_epsilon_flags(group, start: float, end: float, steps: int) -> None:
     group.add_argument("--epsilon-start", type=float, default=start, help="initial exploration rate")
     group.add_argument("--epsilon-end", type=float, default=end, help="final exploration rate")
@@ -263,13 +309,15 @@ def learns_from_pixels(args: argparse.Namespace) -> bool:
 def check_args(a: argparse.Namespace) -> None:
     """Reject nonsense values before anything is created or written."""
     positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps", "n_step",
-                "target_update", "eval_episodes", "snapshot_every", "log_every", "threads", "num_envs", "bins"]
+                "target_update", "eval_episodes", "snapshot_every", "log_every", "threads", "num_envs", "bins",
+                "n_steps", "episodes_per_update"]
     for name in (n for n in positive if hasattr(a, n)):  # each algorithm has some of these
         if getattr(a, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     if not 0 <= a.seed < 2**31:  # numpy and Keras take 32-bit seeds; evaluation uses seed + 10,000
         fail(f"--seed must be in [0, 2**31), got {a.seed}")
-    for name in ["learning_starts", "epsilon_steps", "eval_every", "final_eval_episodes"]:
+    for name in ["learning_starts", "epsilon_steps", "eval_every", "final_eval_episodes", "value_coef",
+                 "entropy_coef"]:
         if getattr(a, name, 0) < 0:
             fail(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(a, name)}")
     for name in ["epsilon_start", "epsilon_end", "gamma", "per_alpha", "per_beta"]:
@@ -291,15 +339,13 @@ def check_args(a: argparse.Namespace) -> None:
         fail("--model needs something to do: add --view, --eval, --video DIR or --gif FILE")
     if a.view and (a.video or a.gif):
         fail("--view renders to a window, --video/--gif to files: use one or the other")
-    if getattr(a, "num_envs", 1) > 1 and not is_atari(a.env):
-        fail(f"--num-envs {a.num_envs}: several envs at once are for Atari games; {a.env} trains on one")
     if a.model and a.resume:
         fail("--model plays a snapshot and --resume continues training: use one of them")
 
 
-
-
 def check_dqn_args(a: argparse.Namespace) -> None:
+    if a.num_envs > 1 and not is_atari(a.env):
+        fail(f"--num-envs {a.num_envs}: several envs at once are for Atari games; {a.env} trains on one")
     if a.tau is not None and not 0 < a.tau <= 1:
         fail(f"--tau must be in (0, 1], got {a.tau}")
     if not 0 < a.epsilon_decay <= 1:

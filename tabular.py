@@ -27,17 +27,17 @@ import numpy as np
 from tqdm import tqdm
 
 from atomic import remove_leftovers, write_atomically
-from envs import make_env, play_env, print_evaluation, run_episodes, show_episodes
+from envs import evaluate_episodes, make_env, play_env, play_saved
 from loggers import Averages, TensorBoardLogger
 from runs import (
     CtrlC,
     Progress,
     Stopwatch,
+    linear,
     load_checkpoint,
-    prepare_run,
     record_evaluation,
-    report,
     save_checkpoint,
+    train_and_report,
     write_summary,
 )
 from settings import fail, is_atari, parse_args
@@ -81,14 +81,9 @@ def epsilon_greedy(q_row: np.ndarray, epsilon: float, rng: np.random.Generator) 
     return int(best[0] if len(best) == 1 else rng.choice(best))
 
 
-def linear(start: float, end: float, fraction: float) -> float:
-    return start + (end - start) * min(fraction, 1.0)
-
-
 def evaluate(env: gym.Env, q: np.ndarray, episodes: int, seed: int | None = None) -> np.ndarray:
     """Greedy returns over whole episodes (ties to the first action: evaluation draws no numbers)."""
-    returns = run_episodes(env, lambda s: int(np.argmax(q[s])), episodes, seed)
-    return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False)))
+    return evaluate_episodes(env, lambda s: int(np.argmax(q[s])), episodes, seed)
 
 
 def save_table(q: np.ndarray, path: Path) -> None:
@@ -211,11 +206,7 @@ def play(args: argparse.Namespace) -> None:
     """--model TABLE.npy with --view, --eval, --video and/or --gif."""
     env = play_env(args.env, args.view, args.video, args.gif)
     q = load_table(args.model, env)
-    env = make_table_env(args.env, table_bins(q, env), env)
-    episodes = args.episodes or (100 if args.eval else 3)
-    returns = show_episodes(env, lambda s: int(np.argmax(q[s])), episodes, args.seed, args.gif, quiet=args.eval)
-    if args.eval and len(returns):
-        print_evaluation(env, returns)
+    play_saved(args, make_table_env(args.env, table_bins(q, env), env), lambda s: int(np.argmax(q[s])))
 
 
 def load_table(path: str, env: gym.Env) -> np.ndarray:
@@ -245,13 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.resume:  # fail on an env without a table before anything is written (a resumed run's was checked)
         make_table_env(args.env, args.bins).close()
-    args, run_dir, resuming = prepare_run(args, "tabular")
-    try:
-        summary = train(args, run_dir, resuming)
-    except OSError as e:
-        fail(f"writing to {run_dir} failed ({e.strerror or e}); its last complete checkpoint is kept: "
-             f"free some space, then continue with python tabular.py --resume {run_dir}")
-    return report(args, run_dir, summary, "tabular")
+    return train_and_report(args, "tabular", train)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 training in this process (run.main, as `python run.py` calls it, without a new TensorFlow import).
 
 `pytest -m "not slow"` is the quick loop while editing; the slow tests are those that need real
-processes killed or interrupted, an X server, a Ray cluster, a private filesystem or a training from pixels.
+processes killed or interrupted, an X server, a Ray cluster, a private filesystem, a training from pixels
+or a learning check of several seconds.
 """
 
 import json

@@ -1,0 +1,302 @@
+"""Policy gradients with a learned baseline: what REINFORCE (reinforce.py) and A2C (a2c.py) share.
+
+Both learn a policy pi(a|s) (the network's logits) and a baseline V(s) (its value head) from
+batches of their own latest experience: states, the actions taken, and the discounted return R
+that followed each. The loss of a batch is
+
+    -mean(log pi(a|s) * A)  +  value_coef * mean((R - V(s))^2)  -  entropy_coef * mean(H(pi(.|s)))
+
+with the advantage A = R - V(s). Its gradient makes actions that did better than expected more
+probable and worse ones less (Williams 1992); subtracting V(s) leaves that gradient's expectation
+unchanged and removes much of its variance. The entropy H rewards a policy for staying unsure.
+The two scripts differ only in the experience: REINFORCE plays whole episodes and uses their
+returns-to-go, A2C steps several envs a few steps and bootstraps R from V (less variance, some bias).
+
+This file: the returns, the loss and its compiled update, then the run around them (its state
+and checkpoint, the training loop, evaluation, the end, playing a snapshot), as run.py has for DQN.
+"""
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from startup import load_tensorflow, use_threads
+
+tf = load_tensorflow()  # before Keras, which loads it too: the project's oneDNN default, no noise
+
+import gymnasium as gym
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from atomic import remove_leftovers
+from envs import evaluate_episodes, make_env, play_env, play_saved
+from loggers import Averages, TensorBoardLogger
+from networks import (
+    ActorCritic,
+    create_actor_critic,
+    load_model,
+    optimizer_variables,
+    restore_optimizer,
+    save_model,
+)
+from runs import (
+    CtrlC,
+    Progress,
+    Stopwatch,
+    crossed,
+    linear,
+    listed,
+    numbered,
+    record_evaluation,
+    save_checkpoint,
+    train_and_report,
+    write_summary,
+)
+from runs import load_checkpoint as load_counters
+from settings import ALGORITHMS, fail, is_atari, parse_args
+
+# ------------------------------------------------------------------------------ returns
+
+
+def discounted_returns(rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, next_values: np.ndarray,
+                       gamma: float) -> np.ndarray:
+    """R_t = r_t + gamma * R_t+1 within an episode, for arrays of shape (steps, envs) in time order.
+
+    Where an episode ends, what follows depends on how: after `terminated` nothing (R_t = r_t);
+    after `truncated` (a time limit) the episode would have gone on, so R_t = r_t + gamma * V(s_t+1),
+    with V of the state it was cut in from `next_values`. So does the last step of a batch
+    that stops mid-episode (A2C's n-step returns). Only those entries of next_values are read.
+    """
+    returns = np.zeros(rewards.shape, np.float32)
+    later = next_values[-1]
+    for t in reversed(range(len(rewards))):
+        later = np.where(truncated[t], next_values[t], later)
+        later = rewards[t] + gamma * np.where(terminated[t], 0.0, later)
+        returns[t] = later
+    return returns
+
+
+class Batch(NamedTuple):
+    """A batch of experience to learn from, flat over time and envs."""
+    obs: np.ndarray  # (n, obs_size) float32
+    actions: np.ndarray  # (n,) int32
+    returns: np.ndarray  # (n,) float32: discounted_returns
+    episode_returns: list[float]  # the undiscounted returns of the episodes that ended in it
+
+
+# -------------------------------------------------------------------------- learning
+
+
+def policy_gradient_loss(logits, values, actions, returns, normalize: bool, value_coef: float,
+                         entropy_coef: float) -> tuple:
+    """The loss above, and its parts for the logs. `normalize` scales the advantages to mean 0 and
+    std 1 within the batch. The advantages are constants for the policy term (stop_gradient):
+    the critic learns only from its own squared error."""
+    advantages = returns - tf.stop_gradient(values)
+    if normalize:
+        mean, variance = tf.nn.moments(advantages, axes=[0])
+        advantages = (advantages - mean) / (tf.sqrt(variance) + 1e-8)
+    log_probs = tf.nn.log_softmax(logits)
+    taken = tf.gather(log_probs, actions, batch_dims=1)  # log pi(a|s) of each taken action
+    policy_loss = -tf.reduce_mean(taken * advantages)
+    value_loss = tf.reduce_mean(tf.square(returns - values))
+    entropy = -tf.reduce_mean(tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=1))
+    loss = policy_loss + value_coef * value_loss - entropy_coef * entropy
+    return loss, dict(loss=loss, policy_loss=policy_loss, value_loss=value_loss, entropy=entropy)
+
+
+def make_update(model: keras.Model, args: argparse.Namespace) -> Callable:
+    """Compile one gradient step on a Batch. Returns the loss's parts and the new weights (for the
+    numpy copy that acts). A batch's length varies (REINFORCE's episodes), so it is traced once
+    for any length."""
+    obs_size = model.inputs[0].shape[1]
+
+    @tf.function(input_signature=[tf.TensorSpec((None, obs_size), tf.float32), tf.TensorSpec((None,), tf.int32),
+                                  tf.TensorSpec((None,), tf.float32)])
+    def update(obs, actions, returns):
+        with tf.GradientTape() as tape:
+            logits, values = model(obs, training=True)
+            loss, parts = policy_gradient_loss(logits, values[:, 0], actions, returns, args.normalize_advantages,
+                                               args.value_coef, args.entropy_coef)
+        grads = tape.gradient(loss, model.trainable_variables)
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return parts, [tf.identity(v) for v in model.trainable_variables]
+
+    return update
+
+
+# ------------------------------------------------------------- the run's state, saved whole
+
+
+@dataclass
+class TrainingState:
+    """Everything a run has learned so far; the checkpoint saves exactly this and --resume loads it."""
+    model: keras.Model  # the actor-critic network, with its optimizer
+    actor: ActorCritic  # its numpy copy, which acts
+    rng: np.random.Generator  # the sampled actions
+    progress: Progress = field(default_factory=Progress)
+    best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
+
+
+def new_state(args: argparse.Namespace, env: gym.Env) -> TrainingState:
+    keras.utils.set_random_seed(args.seed)
+    model = create_actor_critic(env.observation_space.shape[0], int(env.action_space.n), args.units, args.shared,
+                                args.lr, args.clip_norm)
+    return TrainingState(model, ActorCritic(model), np.random.default_rng(args.seed))
+
+
+def save_state(run_dir: Path, state: TrainingState, progress: Progress | None = None) -> None:
+    """The whole TrainingState in one file (runs.save_checkpoint); `progress` replaces its counters
+    (with this moment's timings)."""
+    arrays = {**numbered("weights", state.model.get_weights()), **numbered("best", state.best_weights or []),
+              **numbered("adam", [v.numpy() for v in optimizer_variables(state.model)])}
+    save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
+
+
+def load_state(run_dir: Path, state: TrainingState) -> None:
+    def restore(saved) -> None:
+        state.model.set_weights(listed(saved, "weights"))
+        restore_optimizer(state.model, listed(saved, "adam"))
+        state.best_weights = listed(saved, "best") or None
+
+    state.progress = load_counters(run_dir, state.rng, restore)
+    state.actor.refresh()
+
+
+# ------------------------------------------------------------------------ training loop
+
+# A script's experience: collect(args, actor, rng, seed) yields Batches forever, acting with the
+# actor's latest weights; its envs start from `seed`.
+Collect = Callable[[argparse.Namespace, ActorCritic, np.random.Generator, int], Iterator[Batch]]
+
+
+def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Collect) -> dict:
+    """Train the actor-critic on collect's batches, writing logs, snapshots and summary.json to run_dir."""
+    eval_env = make_env(args.env)
+    state = new_state(args, eval_env)
+    if resuming:
+        load_state(run_dir, state)
+        remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
+        print(f"resuming {run_dir} at step {state.progress.step}", flush=True)
+    log = TensorBoardLogger(run_dir)
+    if not resuming:  # the settings travel with the curves
+        log.settings(vars(args))
+    batches = collect(args, state.actor, state.rng, int(state.rng.integers(2**31)) if resuming else args.seed)
+    eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
+    status = training_loop(args, state, batches, eval_env, run_dir, log)
+    batches.close()  # closes its envs
+    final_returns, last_returns, sampled = finish(args, state, status, eval_env, run_dir, log)
+    summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
+                            eval_env.spec.reward_threshold, extra=dict(final_sampled_eval_mean=sampled))
+    eval_env.close()
+    log.close()
+    return summary
+
+
+def training_loop(args: argparse.Namespace, state: TrainingState, batches: Iterator[Batch], eval_env: gym.Env,
+                  run_dir: Path, log: TensorBoardLogger) -> str:
+    """Gather a batch, take a gradient step on it; log, evaluate and snapshot; until the last step
+    or Ctrl-C. Returns the status: finished, interrupted or diverged."""
+    p, update, model = state.progress, make_update(state.model, args), state.model
+    clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
+    with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
+                                 mininterval=1) as bar:
+        try:
+            while p.step < args.steps and not ctrl_c.pressed:
+                batch = next(batches)
+                model.optimizer.learning_rate.assign(linear(args.lr, args.lr_end, p.step / args.steps))
+                losses, weights = update(batch.obs.astype(np.float32), batch.actions.astype(np.int32), batch.returns)
+                losses = {name: float(value) for name, value in losses.items()}
+                if not np.isfinite(losses["loss"]):  # the last snapshot and checkpoint stay as they were
+                    return "diverged"
+                state.actor.refresh(weights)
+                before, p.step, p.episode = p.step, p.step + len(batch.actions), p.episode + len(batch.episode_returns)
+                for episode_return in batch.episode_returns:
+                    log.scalar("episode/return", episode_return, p.step)
+                    averages.add(episode_return=episode_return)
+                averages.add(**losses)
+                if crossed(before, p.step, args.log_every):
+                    log_progress(log, p, averages, bar)
+                if args.eval_every and crossed(before, p.step, args.eval_every):
+                    evaluate_periodically(args, state, eval_env, log, clock)
+                if crossed(before, p.step, args.snapshot_every):
+                    save_model(model, run_dir / f"step_{p.step}.keras")
+                    save_state(run_dir, state, dataclasses.replace(p, train_seconds=clock()))
+                bar.update(p.step - before)
+        finally:
+            p.train_seconds = clock()
+    return "interrupted" if ctrl_c.pressed else "finished"
+
+
+def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, bar: tqdm) -> None:
+    """The scalars averaged since the last log line, to TensorBoard and as one line."""
+    means, sps = averages.take(p.step)
+    for name in ("loss", "policy_loss", "value_loss", "entropy"):
+        log.scalar(f"train/{name}", means[name], p.step)
+    log.scalar("perf/steps_per_second", sps, p.step)
+    bar.write(f"episode {p.episode:6d}  step {p.step:8d}  value loss {means['value_loss']:8.3f}  "
+              f"entropy {means['entropy']:.3f}  return {means['episode_return']:7.1f}  {sps:6.0f} steps/s")
+
+
+def evaluate_periodically(args: argparse.Namespace, state: TrainingState, eval_env: gym.Env, log: TensorBoardLogger,
+                          clock: Stopwatch) -> None:
+    """Log the greedy policy's mean return; note when it first solves the env and keep its best weights."""
+    mean = float(evaluate_episodes(eval_env, state.actor.greedy, args.eval_episodes).mean())
+    log.scalar("eval/mean_return", mean, state.progress.step)
+    if record_evaluation(state.progress, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
+        state.best_weights = state.model.get_weights()
+
+
+def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env: gym.Env,
+           run_dir: Path, log: TensorBoardLogger) -> tuple[np.ndarray | None, np.ndarray | None, float | None]:
+    """Save what the status calls for; after a finished run, evaluate the final and the last
+    weights greedily, and the final ones as they train (sampling their actions)."""
+    p, model = state.progress, state.model
+    if status == "diverged":
+        return None, None, None
+    if status == "interrupted":
+        save_model(model, run_dir / f"step_{p.step}.keras")
+    save_state(run_dir, state)
+    if status != "finished":
+        return None, None, None
+    save_model(model, run_dir / "last.keras")
+    episodes, seed = args.final_eval_episodes, args.seed + 10_000  # the same start states for all
+    last_returns = evaluate_episodes(eval_env, state.actor.greedy, episodes, seed) if episodes else None
+    best_is_last = state.best_weights is None or p.best_eval_step == p.step
+    if not best_is_last:
+        model.set_weights(state.best_weights)
+        state.actor.refresh()
+    save_model(model, run_dir / "final.keras")
+    if not episodes:
+        return None, None, None
+    final_returns = last_returns if best_is_last else evaluate_episodes(eval_env, state.actor.greedy, episodes, seed)
+    log.scalar("eval/final_mean_return", final_returns.mean(), p.step)
+    sampling = np.random.default_rng(args.seed + 20_000)  # not the training's generator: resuming stays exact
+    sampled = evaluate_episodes(eval_env, lambda s: int(state.actor.sample(s[None], sampling)[0]), episodes, seed)
+    return final_returns, last_returns, float(sampled.mean())
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def play(args: argparse.Namespace) -> None:
+    """--model PATH with --view, --eval, --video and/or --gif: the most probable action at each step."""
+    actor = ActorCritic(load_model(args.model, make_env(args.env), actor_critic=True))
+    play_saved(args, play_env(args.env, args.view, args.video, args.gif), actor.greedy)
+
+
+def main(argv: list[str] | None, algo: str, collect: Collect) -> int:
+    """A policy-gradient script's command line: train (or resume) with its `collect`, or play a snapshot."""
+    args = parse_args(argv, algo)
+    if is_atari(args.env):
+        fail(f"{args.env}: {ALGORITHMS[algo].script}'s networks take a few numbers per observation; "
+             "learn from pixels with run.py")
+    use_threads(tf, 1)  # a network this small gains nothing from more
+    if args.model:
+        play(args)
+        return 0
+    return train_and_report(args, algo, lambda *run: train(*run, collect))

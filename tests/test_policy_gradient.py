@@ -1,0 +1,146 @@
+"""reinforce.py and a2c.py: returns and the loss against hand-computed values, the numpy actor
+against its network, short real trainings that beat a random agent by far, Ctrl-C and --resume,
+playing a snapshot, and the one-line errors."""
+
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+from conftest import imported_modules, script, summary
+
+import a2c
+import policy_gradient
+import reinforce
+from networks import ActorCritic, create_actor_critic
+
+
+def test_n_step_returns_bootstrap_at_truncation_and_rollout_end_not_at_termination():
+    # 3 steps of 2 envs. Env 0 terminates at step 1, then starts again; env 1 is truncated at step 0.
+    rewards = np.array([[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]])
+    terminated = np.array([[False, False], [True, False], [False, False]])
+    truncated = np.array([[False, True], [False, False], [False, False]])
+    next_values = np.array([[100.0, 10.0], [200.0, 300.0], [8.0, 16.0]])  # 100, 200, 300 must not be read
+    returns = policy_gradient.discounted_returns(rewards, terminated, truncated, next_values, gamma=0.5)
+    # env 0: 4 + 0.5 * 8 = 8 | 2 (terminated) | 1 + 0.5 * 2 = 2
+    # env 1: 4 + 0.5 * 16 = 12 | 2 + 0.5 * 12 = 8 | 1 + 0.5 * 10 = 6 (truncated: V of its last state)
+    np.testing.assert_allclose(returns, [[2.0, 6.0], [2.0, 8.0], [8.0, 12.0]])
+
+
+def test_returns_to_go_of_whole_episodes():
+    # REINFORCE's batch: an episode terminated after 2 steps, then one cut by the time limit after 3.
+    rewards = np.ones((5, 1))
+    terminated = np.array([[False], [True], [False], [False], [False]])
+    truncated = np.array([[False], [False], [False], [False], [True]])
+    next_values = np.array([[0.0], [0.0], [0.0], [0.0], [10.0]])
+    returns = policy_gradient.discounted_returns(rewards, terminated, truncated, next_values, gamma=0.9)
+    # 1.9, 1 | then 1 + 0.9 * 10 = 10 at every step (10 is the fixed point of 1 + 0.9 * V)
+    np.testing.assert_allclose(returns[:, 0], [1.9, 1.0, 10.0, 10.0, 10.0], rtol=1e-6)
+
+
+def test_policy_gradient_loss_on_a_tiny_batch():
+    import tensorflow as tf
+
+    # pi = (0.25, 0.75) and (0.75, 0.25); both took action 1; advantages 3 - 1 = 2 and 1 - 2 = -1
+    logits = tf.constant([[0.0, math.log(3)], [math.log(3), 0.0]])
+    values = tf.Variable([1.0, 2.0])
+    actions, returns = tf.constant([1, 1]), tf.constant([3.0, 1.0])
+    with tf.GradientTape() as tape:
+        loss, parts = policy_gradient.policy_gradient_loss(logits, values, actions, returns, normalize=False,
+                                                           value_coef=0.5, entropy_coef=0.1)
+    assert float(parts["policy_loss"]) == pytest.approx(-(2 * math.log(0.75) - math.log(0.25)) / 2)  # -0.4055
+    assert float(parts["value_loss"]) == pytest.approx((2**2 + 1**2) / 2)
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))  # 0.5623 for both
+    assert float(parts["entropy"]) == pytest.approx(entropy)
+    assert float(loss) == pytest.approx(-0.405465 + 0.5 * 2.5 - 0.1 * entropy, abs=1e-5)
+    # The critic learns from its squared error alone: 0.5 * 2 * (V - R) / 2, nothing from the policy term.
+    np.testing.assert_allclose(tape.gradient(loss, values), [-1.0, 0.5], rtol=1e-6)
+    # Normalised, the advantages 2 and -1 become 1 and -1.
+    _, parts = policy_gradient.policy_gradient_loss(logits, values, actions, returns, True, 0.5, 0.1)
+    assert float(parts["policy_loss"]) == pytest.approx(-(math.log(0.75) - math.log(0.25)) / 2, rel=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_numpy_actor_computes_what_the_network_does(shared):
+    model = create_actor_critic(4, 3, 16, shared, 1e-3, 1.0)
+    for layer in model.layers:  # large weights, so that a wrong layer order would show
+        layer.set_weights([np.random.default_rng(0).normal(size=w.shape) for w in layer.get_weights()])
+    actor = ActorCritic(model)
+    obs = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    logits, values = (np.asarray(output, np.float64) for output in model(obs))
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(actor.probabilities(obs), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(actor.values(obs), values[:, 0], rtol=1e-4, atol=1e-4)
+    assert actor.greedy(obs[2]) == int(np.argmax(logits[2]))
+    # sampling follows the probabilities
+    draws = actor.sample(np.repeat(obs[:1], 20_000, axis=0), np.random.default_rng(2))
+    np.testing.assert_allclose(np.bincount(draws, minlength=3) / 20_000, expected[0], atol=0.015)
+
+
+def main_code(script_main, *args) -> int:
+    try:
+        return script_main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+SHORT = ["--steps", 20_000, "--eval-every", 10_000, "--eval-episodes", 5, "--final-eval-episodes", 20]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module, floor", [(reinforce, 150), (a2c, 75)])
+def test_a_short_training_beats_a_random_agent_by_far(module, floor, tmp_path):
+    # A random CartPole agent lasts ~22 steps; 20,000 steps are a tenth of the presets' budgets.
+    assert main_code(module.main, *SHORT, "--logdir", tmp_path, "--name", "r") == 0
+    s = summary(tmp_path / "r")
+    assert s["status"] == "finished" and s["steps"] >= 20_000 and s["final_eval_episodes"] == 20
+    assert s["final_eval_mean"] >= floor, s["evals"]
+    assert 0 < s["final_sampled_eval_mean"] <= 500  # as it trains: sampling its actions
+    assert {"final.keras", "last.keras", "checkpoint.npz"} <= {p.name for p in (tmp_path / "r").iterdir()}
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_resume_finishes_the_run(tmp_path, capsys):
+    def interrupted(args, actor, rng, seed):  # a2c's rollouts, with Ctrl-C pressed in the 100th (8 envs x 16 steps)
+        for i, batch in enumerate(a2c.rollouts(args, actor, rng, seed)):
+            if i == 99:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    run_dir = tmp_path / "runs" / "stopped"
+    args = ["--steps", 30_000, "--eval-every", 5_000, "--eval-episodes", 2, "--final-eval-episodes", 5,
+            "--snapshot-every", 5_000, "--logdir", tmp_path / "runs", "--name", "stopped"]
+    assert main_code(lambda argv: policy_gradient.main(argv, "a2c", interrupted), *args) == 130
+    assert f"python a2c.py --resume {run_dir}" in capsys.readouterr().err
+    stopped = summary(run_dir)
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 100 * 128
+    assert (run_dir / "step_12800.keras").is_file()
+    assert main_code(a2c.main, "--resume", run_dir) == 0
+    s = summary(run_dir)
+    assert s["status"] == "finished" and s["steps"] == 235 * 128 and s["episodes"] > stopped["episodes"]
+    # an evaluation in each batch that passes a multiple of 5,000 steps, before and after the stop
+    assert [step // 128 for step, _ in s["evals"]] == [5_000 // 128 + 1, 79, 118, 157, 196, 235]
+    # its snapshot plays, greedily, as users call it
+    assert main_code(a2c.main, "--model", run_dir / "final.keras", "--eval", "--episodes", 3) == 0
+    assert "CartPole-v1: mean return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-steps", "0"], "--n-steps must be at least 1"),
+    (["--entropy-coef", "-0.1"], "--entropy-coef must be 0 or more"),
+    (["--env", "ALE/Pong-v5"], "learn from pixels with run.py"),
+    (["--env", "MountainCarContinuous-v0"], "needs Discrete actions"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    assert main_code(a2c.main, *args, "--logdir", tmp_path / "runs") == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_flag_fails_before_tensorflow_loads(tmp_path):
+    r = script("reinforce.py", "--episodes-per-update", 0, cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert "tensorflow" not in imported_modules(r)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "reinforce.py: error: --episodes-per-update must be at least 1, got 0"
