@@ -338,6 +338,16 @@ def trial_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def on_common_steps(curves: list[np.ndarray]) -> tuple[list[float], list[list[float]]]:
+    """Each seed's evaluations (steps, means) read at every step any seed evaluated at, within its
+    own range, by linear interpolation: the policy-gradient scripts evaluate after the batch that
+    passes a multiple of --eval-every, a different step for every seed. Returns the steps and,
+    at each, the values of the seeds that cover it."""
+    steps = sorted(set(np.concatenate([c[0] for c in curves]).tolist()))
+    values = [[float(np.interp(s, c[0], c[1])) for c in curves if c[0][0] <= s <= c[0][-1]] for s in steps]
+    return steps, values
+
+
 def plot_curves(results: list[dict], path: Path) -> None:
     """Greedy evaluation return against env steps: per configuration the mean over seeds with
     its 95% bootstrap band (and, for a single configuration, every seed's own curve)."""
@@ -351,23 +361,22 @@ def plot_curves(results: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 4.5) if many else (7, 4))
     for i, (config, rs) in enumerate(groups.items()):
         color = f"C{i}"
-        points: dict[int, list[float]] = {}
-        for r in rs:
-            for step, mean in r.get("evals") or []:
-                points.setdefault(step, []).append(mean)
-            if len(groups) == 1 and r.get("evals"):
-                ax.plot(*zip(*r["evals"], strict=True), color="grey", alpha=0.35, linewidth=0.8)
-        if not points:
+        curves = [np.array(r["evals"], float).T for r in rs if r.get("evals")]
+        if len(groups) == 1:
+            for steps, means in curves:
+                ax.plot(steps, means, color="grey", alpha=0.35, linewidth=0.8)
+        if not curves:
             continue
-        steps = sorted(points)
-        bands = [bootstrap_ci(points[s], np.mean, resamples=500) for s in steps]
-        ax.plot(steps, [np.mean(points[s]) for s in steps], color=color, label=f"{config} ({len(rs)} seeds)")
+        steps, values = on_common_steps(curves)
+        bands = [bootstrap_ci(v, np.mean, resamples=500) for v in values]
+        ax.plot(steps, [np.mean(v) for v in values], color=color, label=f"{config} ({len(rs)} seeds)")
         ax.fill_between(steps, [b[0] for b in bands], [b[1] for b in bands], color=color, alpha=0.2)
     threshold = next((r.get("solved_threshold") for r in results if r.get("solved_threshold") is not None), None)
     if threshold is not None:
         ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"solved ({threshold})")
     env = next((r["env"] for r in results if r.get("env")), "")
-    ax.set(xlabel="environment steps", ylabel="greedy evaluation return", title=f"DQN on {env}")
+    dqn_only = all(r.get("script", "run.py") == "run.py" for r in results)
+    ax.set(xlabel="environment steps", ylabel="greedy evaluation return", title=f"DQN on {env}" if dqn_only else env)
     if many:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     else:
