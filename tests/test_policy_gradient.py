@@ -85,23 +85,22 @@ def main_code(script_main, *args) -> int:
         return e.code
 
 
-SHORT = ["--steps", 20_000, "--eval-every", 10_000, "--eval-episodes", 5, "--final-eval-episodes", 20]
+SHORT = ["--steps", 20_000, "--eval-every", 10_000, "--eval-episodes", 5, "--final-eval-episodes", 10]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module, floor", [(reinforce, 150), (a2c, 75)])
-def test_a_short_training_beats_a_random_agent_by_far(module, floor, tmp_path):
-    # A random CartPole agent lasts ~22 steps; 20,000 steps are a tenth of the presets' budgets.
-    assert main_code(module.main, *SHORT, "--logdir", tmp_path, "--name", "r") == 0
+def test_a_short_reinforce_training_beats_a_random_agent_by_far(tmp_path):
+    # A random CartPole agent lasts ~22 steps; 20,000 steps are a fifteenth of the preset's budget.
+    assert main_code(reinforce.main, *SHORT, "--logdir", tmp_path, "--name", "r") == 0
     s = summary(tmp_path / "r")
-    assert s["status"] == "finished" and s["steps"] >= 20_000 and s["final_eval_episodes"] == 20
-    assert s["final_eval_mean"] >= floor, s["evals"]
+    assert s["status"] == "finished" and s["steps"] >= 20_000 and s["final_eval_episodes"] == 10
+    assert s["final_eval_mean"] >= 150, s["evals"]
     assert 0 < s["final_sampled_eval_mean"] <= 500  # as it trains: sampling its actions
     assert {"final.keras", "last.keras", "checkpoint.npz"} <= {p.name for p in (tmp_path / "r").iterdir()}
 
 
 @pytest.mark.slow
-def test_ctrl_c_then_resume_finishes_the_run(tmp_path, capsys):
+def test_a2c_stopped_by_ctrl_c_resumes_and_beats_a_random_agent_by_far(tmp_path, capsys):
     def interrupted(args, actor, rng, seed):  # a2c's rollouts, with Ctrl-C pressed in the 100th (8 envs x 16 steps)
         for i, batch in enumerate(a2c.rollouts(args, actor, rng, seed)):
             if i == 99:
@@ -109,7 +108,7 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path, capsys):
             yield batch
 
     run_dir = tmp_path / "runs" / "stopped"
-    args = ["--steps", 30_000, "--eval-every", 5_000, "--eval-episodes", 2, "--final-eval-episodes", 5,
+    args = ["--steps", 30_000, "--eval-every", 5_000, "--eval-episodes", 2, "--final-eval-episodes", 10,
             "--snapshot-every", 5_000, "--logdir", tmp_path / "runs", "--name", "stopped"]
     assert main_code(lambda argv: policy_gradient.main(argv, "a2c", interrupted), *args) == 130
     assert f"python a2c.py --resume {run_dir}" in capsys.readouterr().err
@@ -121,6 +120,7 @@ def test_ctrl_c_then_resume_finishes_the_run(tmp_path, capsys):
     assert s["status"] == "finished" and s["steps"] == 235 * 128 and s["episodes"] > stopped["episodes"]
     # an evaluation in each batch that passes a multiple of 5,000 steps, before and after the stop
     assert [step // 128 for step, _ in s["evals"]] == [5_000 // 128 + 1, 79, 118, 157, 196, 235]
+    assert s["final_eval_mean"] >= 75, s["evals"]  # a random CartPole agent lasts ~22 steps
     # its snapshot plays, greedily, as users call it
     assert main_code(a2c.main, "--model", run_dir / "final.keras", "--eval", "--episodes", 3) == 0
     assert "CartPole-v1: mean return" in capsys.readouterr().out
