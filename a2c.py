@@ -55,14 +55,15 @@ def rollouts(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Genera
             for t in range(args.n_steps):
                 observations[t], actions[t] = obs, actor.sample(obs, rng)
                 obs, rewards[t], terminated[t], truncated[t], info = envs.step(actions[t])
-                ended = terminated[t] | truncated[t]
-                following = obs.copy()  # the state each step led to: an ended episode's is its last one
-                if ended.any():
-                    following[ended] = np.stack(info["final_obs"][ended])
-                next_values[t] = actor.values(following)  # read only after truncations and at t = n-1
+                ended, cut = terminated[t] | truncated[t], truncated[t]
+                if cut.any():  # a time limit: bootstrap from V of the state the episode was cut in
+                    next_values[t, cut] = actor.values(np.stack(info["final_obs"][cut]))
                 running += rewards[t]
                 finished += running[ended].tolist()
                 running[ended] = 0.0
+            # The rollout stops mid-episode: its last step bootstraps from V of each env's current state
+            # (where a time limit ended the episode at that step, from its last state, set above).
+            next_values[-1] = np.where(truncated[-1], next_values[-1], actor.values(obs))
             returns = discounted_returns(rewards, terminated, truncated, next_values, args.gamma)
             yield Batch(observations.reshape(-1, obs.shape[1]), actions.ravel(), returns.ravel(), finished)
     finally:

@@ -157,18 +157,20 @@ def restore_optimizer(model: keras.Model, values: list[np.ndarray]) -> None:
         variable.assign(value)
 
 
-def numpy_weights(model: keras.Model, values: list | None = None) -> dict[str, np.ndarray]:
-    """The model's trainable weights (or these values of them, in the same order) by name, e.g. "hidden_0/kernel"."""
+def dense_weights(model: keras.Model, names: list[str], values: list | None = None) -> list[tuple]:
+    """(kernel, bias) of each named dense layer as numpy arrays, from the model's trainable variables
+    (or these values of them, in the same order, as the compiled updates return them)."""
     values = model.trainable_variables if values is None else values
-    return {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
+    w = {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
+    return [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in names]
 
 
-def dense_layers(weights: dict[str, np.ndarray], names: list[str], h: np.ndarray, relu_last: bool) -> np.ndarray:
-    """The named dense layers in numpy, one after the other, ReLU after each (and after the last one
-    only if `relu_last`)."""
-    for i, name in enumerate(names):
-        h = h @ weights[f"{name}/kernel"] + weights[f"{name}/bias"]
-        if relu_last or i < len(names) - 1:
+def dense_layers(layers: list[tuple], h: np.ndarray, relu_last: bool) -> np.ndarray:
+    """Dense layers (dense_weights) in numpy, one after the other, ReLU after each (and after the
+    last one only if `relu_last`)."""
+    for i, (kernel, bias) in enumerate(layers):
+        h = h @ kernel + bias
+        if relu_last or i < len(layers) - 1:
             h = np.maximum(h, 0.0)
     return h
 
@@ -201,17 +203,18 @@ class Policy:
     def refresh(self, values: list | None = None) -> None:
         """Copy the current weights (or these values of model.trainable_variables) for acting."""
         if self.dense:
-            self.weights = numpy_weights(self.model, values)
+            heads = ["q"] if self.dueling == "none" else ["value", "advantage"]
+            self.torso, self.heads = dense_weights(self.model, self.hidden, values), \
+                dense_weights(self.model, heads, values)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for a batch of observations, every action."""
         if not self.dense:
             return self.compiled(tf.convert_to_tensor(obs, self.model.inputs[0].dtype)).numpy()
+        h = dense_layers(self.torso, obs, relu_last=True)
         if self.dueling == "none":
-            return dense_layers(self.weights, [*self.hidden, "q"], obs, relu_last=False)
-        h = dense_layers(self.weights, self.hidden, obs, relu_last=True)
-        value = dense_layers(self.weights, ["value"], h, relu_last=False)
-        advantage = dense_layers(self.weights, ["advantage"], h, relu_last=False)
+            return dense_layers(self.heads, h, relu_last=False)
+        value, advantage = (dense_layers([head], h, relu_last=False) for head in self.heads)
         reduce = np.mean if self.dueling == "avg" else np.max
         return value + advantage - reduce(advantage, axis=1, keepdims=True)
 
@@ -254,16 +257,17 @@ class ActorCritic:
         self.refresh()
 
     def refresh(self, values: list | None = None) -> None:
-        self.weights = numpy_weights(self.model, values)
+        self.actor = dense_weights(self.model, self.actor_layers, values)
+        self.critic = dense_weights(self.model, self.critic_layers, values)
 
     def probabilities(self, obs: np.ndarray) -> np.ndarray:
-        logits = dense_layers(self.weights, self.actor_layers, obs, relu_last=False)
+        logits = dense_layers(self.actor, obs, relu_last=False)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax, shifted so exp cannot overflow
         return e / e.sum(axis=1, keepdims=True)
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         """V(s) for a batch of observations."""
-        return dense_layers(self.weights, self.critic_layers, obs, relu_last=False)[:, 0]
+        return dense_layers(self.critic, obs, relu_last=False)[:, 0]
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One action per row, drawn from pi(.|s): the first whose cumulative probability passes a uniform number."""
@@ -273,4 +277,4 @@ class ActorCritic:
 
     def greedy(self, obs: np.ndarray) -> int:
         """The most probable action for one observation."""
-        return int(np.argmax(dense_layers(self.weights, self.actor_layers, obs[None], relu_last=False)[0]))
+        return int(np.argmax(dense_layers(self.actor, obs[None], relu_last=False)[0]))

@@ -18,6 +18,7 @@ and checkpoint, the training loop, evaluation, the end, playing a snapshot), as 
 
 import argparse
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,7 +210,8 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
             while p.step < args.steps and not ctrl_c.pressed:
                 batch = next(batches)
                 model.optimizer.learning_rate.assign(linear(args.lr, args.lr_end, p.step / args.steps))
-                losses, weights = update(batch.obs.astype(np.float32), batch.actions.astype(np.int32), batch.returns)
+                losses, weights = update(np.asarray(batch.obs, np.float32), np.asarray(batch.actions, np.int32),
+                                         batch.returns)
                 losses = {name: float(value) for name, value in losses.items()}
                 if not np.isfinite(losses["loss"]):  # the last snapshot and checkpoint stay as they were
                     return "diverged"
@@ -299,4 +301,4 @@ def main(argv: list[str] | None, algo: str, collect: Collect) -> int:
     if args.model:
         play(args)
         return 0
-    return train_and_report(args, algo, lambda *run: train(*run, collect))
+    return train_and_report(args, algo, functools.partial(train, collect=collect))
