@@ -239,6 +239,7 @@ def load_checkpoint(run_dir: Path, state: TrainingState) -> None:
 
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     """Train a DQN agent, writing logs, snapshots and summary.json to run_dir; return the summary."""
+    use_threads(tf, args.threads)  # here, not in main: a --resume runs with its saved settings (an Atari run's 2)
     eval_env = make_eval_env(args.env, args.eval_episodes, args.threads)
     envs = make_training_envs(args.env, args.num_envs, args.threads)
     state = new_state(args, envs)
@@ -249,7 +250,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
         remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
         step = state.progress.step
         print(f"resuming {run_dir} at step {step}: epsilon {make_epsilon_schedule(args)(step):.3f}, "
-              f"{len(state.replay)} transitions in replay", flush=True)
+              f"{len(state.replay)} transitions in replay, "
+              f"{tf.config.threading.get_intra_op_parallelism_threads()} TensorFlow threads", flush=True)
     log = TensorBoardLogger(run_dir)
     if not resuming:  # the settings travel with the curves
         log.settings(vars(args))
@@ -466,6 +468,7 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
 
 def play(args: argparse.Namespace) -> None:
     """--model PATH with --view, --eval, --video and/or --gif."""
+    use_threads(tf, args.threads)
     policy = Policy(load_model(args.model, make_env(args.env)))  # check it before writing anything
     play_saved(args, play_env(args.env, args.view, args.video, args.gif), policy.greedy)
 
@@ -475,7 +478,6 @@ def play(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    use_threads(tf, args.threads)
     if args.model:
         play(args)
         return 0

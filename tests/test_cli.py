@@ -76,7 +76,7 @@ def test_window_without_a_display_is_a_clear_error(trained_run, tmp_path, name, 
 def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
     cmd = [sys.executable, str(ROOT / "run.py"), "--steps", "8000", "--learning-starts", "500",
            "--snapshot-every", "2000", "--eval-every", "4000", "--eval-episodes", "2", "--final-eval-episodes", "2",
-           "--name", "int"]
+           "--threads", "2", "--name", "int"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "int"
     deadline = time.time() + 120
@@ -92,6 +92,7 @@ def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
 
     r = script("run.py", "--resume", run_dir, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "2 TensorFlow threads" in r.stdout  # the run's own --threads, not the command line's default (1)
     s2 = summary(run_dir)
     assert s2["status"] == "finished" and s2["steps"] == 8000 and (run_dir / "final.keras").is_file()
     assert s2["episodes"] > s["episodes"] and [e[0] for e in s2["evals"]] == [4000, 8000]
