@@ -204,8 +204,8 @@ class Policy:
         """Copy the current weights (or these values of model.trainable_variables) for acting."""
         if self.dense:
             heads = ["q"] if self.dueling == "none" else ["value", "advantage"]
-            self.torso, self.heads = dense_weights(self.model, self.hidden, values), \
-                dense_weights(self.model, heads, values)
+            self.torso = dense_weights(self.model, self.hidden, values)
+            self.heads = dense_weights(self.model, heads, values)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q(s, a) for a batch of observations, every action."""

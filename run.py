@@ -28,6 +28,7 @@ from runs import (
     Progress,
     Stopwatch,
     crossed,
+    linear,
     listed,
     numbered,
     record_evaluation,
@@ -82,7 +83,7 @@ def epsilon_at(step: int, start: float, end: float, anneal_steps: int, schedule:
         return max(end, start * decay**step)
     if anneal_steps == 0:
         return end
-    return start + (end - start) * min(step / anneal_steps, 1.0)
+    return linear(start, end, step / anneal_steps)
 
 
 def make_epsilon_schedule(args: argparse.Namespace) -> Callable[[int], float]:
