@@ -61,7 +61,35 @@ def make_atari_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     except gym.error.Error as e:
         fail(f"unknown Atari game {env_id!r} ({e}); try ALE/Pong-v5 or ALE/Breakout-v5")
     env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, terminal_on_life_loss=False)
+    env = ServeWithFire(env)
     return gym.wrappers.FrameStackObservation(env, ATARI_STACK, padding_type="zero")
+
+
+def fire_action(action_names: list[str]) -> int | None:
+    """The index of FIRE among a game's actions, or None if it has no FIRE."""
+    return action_names.index("FIRE") if "FIRE" in action_names else None
+
+
+class ServeWithFire(gym.Wrapper):
+    """Breakout waits for FIRE before each ball, at a game's start and after each lost life. Here
+    the game presses it for the agent, in place of its first action of each life, as the training
+    games do (SB3's FireResetEnv does the same): else a greedy agent that never learned to serve
+    stalls the game until the frame cap."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.fire = fire_action(env.unwrapped.get_action_meanings())
+
+    def reset(self, **kwargs) -> tuple:
+        obs, info = self.env.reset(**kwargs)
+        self.lives, self.serve = info["lives"], self.fire is not None
+        return obs, info
+
+    def step(self, action: int) -> tuple:
+        obs, reward, terminated, truncated, info = self.env.step(self.fire if self.serve else action)
+        self.serve = self.fire is not None and info["lives"] < self.lives
+        self.lives = info["lives"]
+        return obs, reward, terminated, truncated, info
 
 
 # ------------------------------------------------------------------------- training envs
@@ -109,7 +137,8 @@ class AtariGames:
     reset where the game needs it, zero-padded 4-frame stacks) and sticky actions (0.25, as
     evaluated). For learning (`lives_end_episodes`), a lost life is `terminated` (no value is
     bootstrapped past it, Mnih et al. 2015) while the game plays on; rewards stay raw (the loop
-    clips them for learning)."""
+    clips them for learning). After a lost life the next action is FIRE (see ServeWithFire);
+    info["actions"] holds the actions taken."""
 
     def __init__(self, env_id: str, num_envs: int, threads: int, lives_end_episodes: bool = True):
         import ale_py
@@ -124,20 +153,25 @@ class AtariGames:
                                        repeat_action_probability=0.25, max_num_frames_per_episode=ATARI_MAX_FRAMES,
                                        episodic_life=False, life_loss_info=lives_end_episodes, reward_clipping=False)
         self.num_envs = num_envs
+        self.fire = fire_action([action.name for action in self.envs.ale.get_action_set()])
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
 
     def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
         obs, info = self.envs.reset(seed=seed)
         self.lives, self.returns, self.lengths = info["lives"], np.zeros(self.num_envs), np.zeros(self.num_envs, int)
+        self.serve = np.zeros(self.num_envs, bool)  # ale_py pressed FIRE at reset
         return obs, info
 
     def step(self, actions: np.ndarray) -> tuple:
+        if self.fire is not None:
+            actions = np.where(self.serve, self.fire, actions)
         obs, reward, terminated, truncated, info = self.envs.step(actions)
+        info["actions"] = actions
         # A life lost: the frames go on (obs is the next observation); the game's end: the lives
         # jump back (or, in games without lives, stay 0) and obs is already the next game's.
         life_lost = info["lives"] < self.lives
-        self.lives = info["lives"]
+        self.lives, self.serve = info["lives"], life_lost
         game_over = (terminated | truncated) & ~life_lost
         if "final_obs" in info:
             info["final_obs"] = np.where(game_over[:, None, None, None], info["final_obs"], obs)

@@ -297,6 +297,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
                 obs, rewards, terminated, truncated, info = envs.step(actions)
                 if not finite(obs, rewards, info):
                     return "bad_env_output"
+                actions = info.get("actions", actions)  # Atari games press FIRE for the agent after a lost life
                 store(writer, actions, np.sign(rewards) if args.clip_rewards else rewards, obs, terminated,
                       truncated, info)
                 if "episode" in info:  # whole games ended: their raw scores

@@ -43,7 +43,10 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
     for _ in range(600):
         actions = rng.integers(4, size=2)
         before = obs
+        served = games.serve.copy()
         obs, rewards, terminated, truncated, info = games.step(actions)
+        actions = info["actions"]
+        assert np.all(actions[served] == 1)  # FIRE, after a lost life
         store(replay, actions, np.sign(rewards), obs, terminated, truncated, info)
         for env in range(2):
             done = terminated[env] or truncated[env]
@@ -55,6 +58,7 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
             elif terminated[env]:
                 kinds["life"] += 1
                 np.testing.assert_array_equal(obs[env], next_obs)  # the game goes on
+                assert games.serve[env]
             seen.add((before[env].tobytes(), int(actions[env]), float(np.sign(rewards[env])), next_obs.tobytes(),
                       bool(terminated[env])))
     games.close()
@@ -93,6 +97,32 @@ def test_evaluation_games_are_whole_games_and_each_slot_gives_its_first_ones():
             expected.append(score)
     assert scores == expected and len(scores) == 3
     assert lives_lost >= 3 * 4  # five lives a game
+
+
+def test_breakout_serves_for_the_agent_so_an_agent_that_never_fires_loses_its_five_lives_fast():
+    """Breakout waits for FIRE before each ball: without it pressed for the agent, an agent that
+    never fires would play one ball, then wait until the 108,000-frame cap (27,000 steps)."""
+    games = AtariGames("ALE/Breakout-v5", num_envs=2, threads=1, lives_end_episodes=False)
+    steps, step = 0, games.step
+
+    def step_and_count(actions):
+        nonlocal steps
+        steps += 1
+        return step(actions)
+
+    games.step = step_and_count
+    assert len(list(run_games(games, lambda obs: np.zeros(len(obs), int), count=2, seed=0))) == 2
+    games.close()
+    env = make_env("ALE/Breakout-v5")
+    lengths = []
+    env.reset(seed=0)
+    for length in range(1, 3000):
+        *_, terminated, truncated, _ = env.step(0)
+        if terminated or truncated:
+            lengths.append(length)
+            break
+    env.close()
+    assert steps < 3000 and lengths and not truncated
 
 
 @pytest.mark.slow
