@@ -20,6 +20,7 @@ reinforce.py); this file gathers the data.
 """
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Iterator
 
@@ -43,10 +44,10 @@ def rollouts(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Genera
     (SAME_STEP autoreset): the state its episode ended in comes in info["final_obs"]."""
     envs = gym.vector.SyncVectorEnv([lambda: make_env(args.env)] * args.num_envs,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    obs, _ = envs.reset(seed=seed)
     running = np.zeros(args.num_envs)  # each env's return so far in its current episode
     shape = (args.n_steps, args.num_envs)
-    try:
+    with contextlib.closing(envs):  # closed when the run stops asking for batches
+        obs, _ = envs.reset(seed=seed)
         while True:
             observations = np.zeros((*shape, *obs.shape[1:]), np.float32)
             actions, rewards, next_values = np.zeros(shape, np.int32), np.zeros(shape), np.zeros(shape)
@@ -66,8 +67,6 @@ def rollouts(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Genera
             next_values[-1] = np.where(truncated[-1], next_values[-1], actor.values(obs))
             returns = discounted_returns(rewards, terminated, truncated, next_values, args.gamma)
             yield Batch(observations.reshape(-1, obs.shape[1]), actions.ravel(), returns.ravel(), finished)
-    finally:
-        envs.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+import runs
 from atomic import remove_leftovers
 from envs import evaluate_episodes, make_env, play_env, play_saved
 from loggers import Averages, TensorBoardLogger
@@ -44,20 +45,6 @@ from networks import (
     restore_optimizer,
     save_model,
 )
-from runs import (
-    CtrlC,
-    Progress,
-    Stopwatch,
-    crossed,
-    linear,
-    listed,
-    numbered,
-    record_evaluation,
-    save_checkpoint,
-    train_and_report,
-    write_summary,
-)
-from runs import load_checkpoint as load_counters
 from settings import ALGORITHMS, fail, is_atari, parse_args
 
 # ------------------------------------------------------------------------------ returns
@@ -139,7 +126,7 @@ class TrainingState:
     model: keras.Model  # the actor-critic network, with its optimizer
     actor: ActorCritic  # its numpy copy, which acts
     rng: np.random.Generator  # the sampled actions
-    progress: Progress = field(default_factory=Progress)
+    progress: runs.Progress = field(default_factory=runs.Progress)
     best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
 
 
@@ -150,21 +137,21 @@ def new_state(args: argparse.Namespace, env: gym.Env) -> TrainingState:
     return TrainingState(model, ActorCritic(model), np.random.default_rng(args.seed))
 
 
-def save_state(run_dir: Path, state: TrainingState, progress: Progress | None = None) -> None:
+def save_state(run_dir: Path, state: TrainingState, progress: runs.Progress | None = None) -> None:
     """The whole TrainingState in one file (runs.save_checkpoint); `progress` replaces its counters
     (with this moment's timings)."""
-    arrays = {**numbered("weights", state.model.get_weights()), **numbered("best", state.best_weights or []),
-              **numbered("adam", [v.numpy() for v in optimizer_variables(state.model)])}
-    save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
+    arrays = {**runs.numbered("weights", state.model.get_weights()), **runs.numbered("best", state.best_weights or []),
+              **runs.numbered("adam", [v.numpy() for v in optimizer_variables(state.model)])}
+    runs.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
 
 
 def load_state(run_dir: Path, state: TrainingState) -> None:
     def restore(saved) -> None:
-        state.model.set_weights(listed(saved, "weights"))
-        restore_optimizer(state.model, listed(saved, "adam"))
-        state.best_weights = listed(saved, "best") or None
+        state.model.set_weights(runs.listed(saved, "weights"))
+        restore_optimizer(state.model, runs.listed(saved, "adam"))
+        state.best_weights = runs.listed(saved, "best") or None
 
-    state.progress = load_counters(run_dir, state.rng, restore)
+    state.progress = runs.load_checkpoint(run_dir, state.rng, restore)
     state.actor.refresh()
 
 
@@ -191,7 +178,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
     status = training_loop(args, state, batches, eval_env, run_dir, log)
     batches.close()  # closes its envs
     final_returns, last_returns, sampled = finish(args, state, status, eval_env, run_dir, log)
-    summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
+    summary = runs.write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
                             eval_env.spec.reward_threshold, extra=dict(final_sampled_eval_mean=sampled))
     eval_env.close()
     log.close()
@@ -203,13 +190,13 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     """Gather a batch, take a gradient step on it; log, evaluate and snapshot; until the last step
     or Ctrl-C. Returns the status: finished, interrupted or diverged."""
     p, update, model = state.progress, make_update(state.model, args), state.model
-    clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
-    with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
+    clock, averages = runs.Stopwatch(p.train_seconds), Averages(p.step)
+    with runs.CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1) as bar:
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 batch = next(batches)
-                model.optimizer.learning_rate.assign(linear(args.lr, args.lr_end, p.step / args.steps))
+                model.optimizer.learning_rate.assign(runs.linear(args.lr, args.lr_end, p.step / args.steps))
                 losses, weights = update(np.asarray(batch.obs, np.float32), np.asarray(batch.actions, np.int32),
                                          batch.returns)
                 losses = {name: float(value) for name, value in losses.items()}
@@ -221,11 +208,11 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
                     log.scalar("episode/return", episode_return, p.step)
                     averages.add(episode_return=episode_return)
                 averages.add(**losses)
-                if crossed(before, p.step, args.log_every):
+                if runs.crossed(before, p.step, args.log_every):
                     log_progress(log, p, averages, bar)
-                if args.eval_every and crossed(before, p.step, args.eval_every):
+                if args.eval_every and runs.crossed(before, p.step, args.eval_every):
                     evaluate_periodically(args, state, eval_env, log, clock)
-                if crossed(before, p.step, args.snapshot_every):
+                if runs.crossed(before, p.step, args.snapshot_every):
                     save_model(model, run_dir / f"step_{p.step}.keras")
                     save_state(run_dir, state, dataclasses.replace(p, train_seconds=clock()))
                 bar.update(p.step - before)
@@ -234,7 +221,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     return "interrupted" if ctrl_c.pressed else "finished"
 
 
-def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, bar: tqdm) -> None:
+def log_progress(log: TensorBoardLogger, p: runs.Progress, averages: Averages, bar: tqdm) -> None:
     """The scalars averaged since the last log line, to TensorBoard and as one line."""
     means, sps = averages.take(p.step)
     for name in ("loss", "policy_loss", "value_loss", "entropy"):
@@ -245,11 +232,11 @@ def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, bar: t
 
 
 def evaluate_periodically(args: argparse.Namespace, state: TrainingState, eval_env: gym.Env, log: TensorBoardLogger,
-                          clock: Stopwatch) -> None:
+                          clock: runs.Stopwatch) -> None:
     """Log the greedy policy's mean return; note when it first solves the env and keep its best weights."""
     mean = float(evaluate_episodes(eval_env, state.actor.greedy, args.eval_episodes).mean())
     log.scalar("eval/mean_return", mean, state.progress.step)
-    if record_evaluation(state.progress, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
+    if runs.record_evaluation(state.progress, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
         state.best_weights = state.model.get_weights()
 
 
@@ -301,4 +288,4 @@ def main(argv: list[str] | None, algo: str, collect: Collect) -> int:
     if args.model:
         play(args)
         return 0
-    return train_and_report(args, algo, functools.partial(train, collect=collect))
+    return runs.train_and_report(args, algo, functools.partial(train, collect=collect))

@@ -39,9 +39,8 @@ from policy_gradient import Batch, discounted_returns
 def episodes(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Generator, seed: int) -> Iterator[Batch]:
     """--episodes-per-update whole episodes at a time, played with the actor's latest weights,
     each step with its return-to-go."""
-    env = make_env(args.env)
-    obs, _ = env.reset(seed=seed)
-    try:
+    with make_env(args.env) as env:  # closed when the run stops asking for batches
+        obs, _ = env.reset(seed=seed)
         while True:
             steps, finished, episode_return = [], [], 0.0  # (obs, action, reward, terminated, truncated, V(next))
             while len(finished) < args.episodes_per_update:
@@ -59,8 +58,6 @@ def episodes(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Genera
             returns = discounted_returns(rewards[:, None], terminated[:, None], truncated[:, None],
                                          next_values[:, None], args.gamma)[:, 0]
             yield Batch(observations, actions, returns, finished)
-    finally:
-        env.close()
 
 
 def main(argv: list[str] | None = None) -> int:

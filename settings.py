@@ -140,13 +140,12 @@ def add_run_flags(run, algo: str) -> None:
     run.add_argument("--resume", metavar="RUN_DIR", default=None,
                      help="continue a stopped run (Ctrl-C, kill, crash) from its last complete checkpoint, "
                           "with its saved settings")
-    if algo != "dqn":
-        return
-    run.add_argument("--threads", type=int, default=1,
-                     help="TensorFlow threads (and the Atari games' stepping threads); a dense network is tiny, "
-                          "so more threads mostly add overhead, a conv net uses them")
-    run.add_argument("--num-envs", type=int, default=1,
-                     help="Atari: games stepped at once, acted on in one forward pass (classic envs use one)")
+    if algo == "dqn":
+        run.add_argument("--threads", type=int, default=1,
+                         help="TensorFlow threads (and the Atari games' stepping threads); a dense network is "
+                              "tiny, so more threads mostly add overhead, a conv net uses them")
+        run.add_argument("--num-envs", type=int, default=1,
+                         help="Atari: games stepped at once, acted on in one forward pass (classic envs use one)")
 
 
 def add_network_flags(net) -> None:

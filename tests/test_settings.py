@@ -5,31 +5,34 @@ import pytest
 import settings
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "-5"], "--steps must be at least 1"),
-    (["--units", "0"], "--units must be at least 1"),
-    (["--batch-size", "512", "--buffer-size", "100"], "larger than --buffer-size"),
-    (["--epsilon-start", "1.5"], "--epsilon-start must be in [0, 1]"),
-    (["--gamma", "abc"], "invalid float value"),
-    (["--lr", "0"], "must be positive"),
-    (["--tau", "2"], "--tau must be in (0, 1]"),
-    (["--epsilon-decay", "0"], "--epsilon-decay must be in (0, 1]"),
-    (["--learning-starts", "-1"], "--learning-starts must be 0 or more"),
-    (["--dueling", "both"], "invalid choice: 'both'"),
-    (["--no-such-flag"], "unrecognized arguments"),
-    (["--view"], "add --model PATH"),
-    (["--model", "m.keras"], "--model needs something to do"),
-    (["--model", "m.keras", "--view", "--gif", "a.gif"], "use one or the other"),
-    (["--model", "m.keras", "--eval", "--resume", "runs/x"], "use one of them"),
-    (["--episodes", "0"], "--episodes must be at least 1"),
-    (["--seed", "-1"], "--seed must be in [0, 2**31)"),
-    (["--seed", str(2**31)], "--seed must be in [0, 2**31)"),
-    (["--num-envs", "4"], "several envs at once are for Atari games"),
-    (["--env", "ALE/Pong-v5", "--num-envs", "0"], "--num-envs must be at least 1"),
+@pytest.mark.parametrize("algo, args, message", [
+    ("dqn", ["--steps", "-5"], "--steps must be at least 1"),
+    ("dqn", ["--units", "0"], "--units must be at least 1"),
+    ("dqn", ["--batch-size", "512", "--buffer-size", "100"], "larger than --buffer-size"),
+    ("dqn", ["--epsilon-start", "1.5"], "--epsilon-start must be in [0, 1]"),
+    ("dqn", ["--gamma", "abc"], "invalid float value"),
+    ("dqn", ["--lr", "0"], "must be positive"),
+    ("dqn", ["--tau", "2"], "--tau must be in (0, 1]"),
+    ("dqn", ["--epsilon-decay", "0"], "--epsilon-decay must be in (0, 1]"),
+    ("dqn", ["--learning-starts", "-1"], "--learning-starts must be 0 or more"),
+    ("dqn", ["--dueling", "both"], "invalid choice: 'both'"),
+    ("dqn", ["--no-such-flag"], "unrecognized arguments"),
+    ("dqn", ["--view"], "add --model PATH"),
+    ("dqn", ["--model", "m.keras"], "--model needs something to do"),
+    ("dqn", ["--model", "m.keras", "--view", "--gif", "a.gif"], "use one or the other"),
+    ("dqn", ["--model", "m.keras", "--eval", "--resume", "runs/x"], "use one of them"),
+    ("dqn", ["--episodes", "0"], "--episodes must be at least 1"),
+    ("dqn", ["--seed", "-1"], "--seed must be in [0, 2**31)"),
+    ("dqn", ["--seed", str(2**31)], "--seed must be in [0, 2**31)"),
+    ("dqn", ["--num-envs", "4"], "several envs at once are for Atari games"),
+    ("dqn", ["--env", "ALE/Pong-v5", "--num-envs", "0"], "--num-envs must be at least 1"),
+    ("tabular", ["--bins", "0"], "--bins must be at least 1"),
+    ("tabular", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
+    ("tabular", ["--lr", "0"], "--lr must be positive"),
 ])
-def test_bad_flag_is_one_line_exit_2(capsys, args, message):
+def test_bad_flag_is_one_line_exit_2(capsys, algo, args, message):
     with pytest.raises(SystemExit) as e:
-        settings.parse_args(args)
+        settings.parse_args(args, algo)
     lines = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(lines) == 1 and message in lines[0], lines
 
