@@ -178,8 +178,9 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
     status = training_loop(args, state, batches, eval_env, run_dir, log)
     batches.close()  # closes its envs
     final_returns, last_returns, sampled = finish(args, state, status, eval_env, run_dir, log)
+    extra = dict(final_sampled_eval_mean=sampled, gradient_steps=int(state.model.optimizer.iterations))
     summary = runs.write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
-                            eval_env.spec.reward_threshold, extra=dict(final_sampled_eval_mean=sampled))
+                                 eval_env.spec.reward_threshold, extra)
     eval_env.close()
     log.close()
     return summary
@@ -192,7 +193,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     p, update, model = state.progress, make_update(state.model, args), state.model
     clock, averages = runs.Stopwatch(p.train_seconds), Averages(p.step)
     with runs.CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
-                                 mininterval=1) as bar:
+                                      mininterval=1) as bar:
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 batch = next(batches)

@@ -261,7 +261,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     status = training_loop(args, state, envs, obs, eval_env, run_dir, log)
     final_returns, last_returns = finish(args, state, status, eval_env, run_dir, log)
     summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
-                            eval_env.spec.reward_threshold)
+                            eval_env.spec.reward_threshold, dict(gradient_steps=int(state.model.optimizer.iterations)))
     envs.close()
     eval_env.close()
     log.close()

@@ -239,6 +239,7 @@ def report(args: argparse.Namespace, run_dir: Path, summary: dict, algo: str) ->
         verdict = "" if summary["solved"] is None else f"  solved: {'yes' if summary['solved'] else 'no'}"
         print(f"final eval: {summary['final_eval_mean']:.1f} ± {summary['final_eval_std']:.1f} over "
               f"{summary['final_eval_episodes']} episodes{verdict}")
-    print(f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s ({summary['steps_per_second']:.0f} "
+    updates = f" and {summary['gradient_steps']} gradient steps" if "gradient_steps" in summary else ""
+    print(f"{summary['steps']} steps{updates} in {summary['wall_seconds']:.0f} s ({summary['steps_per_second']:.0f} "
           f"steps/s while training); saved in {run_dir}")
     return 0

@@ -150,7 +150,10 @@ def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys
     assert s["status"] == "finished" and s["steps"] == 800
     assert (run_dir / "step_400.keras").is_file() and (run_dir / "checkpoint.npz").is_file()
     assert -21 <= s["final_eval_mean"] <= 21 and s["final_eval_episodes"] == 1
-    assert "replay: 4,000 frames" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # steps count all 4 games: 2 gradient steps at each multiple of 40 from 400 to 800
+    assert "replay: 4,000 frames" in out and "800 steps and 22 gradient steps in " in out
+    assert s["gradient_steps"] == 22
     gif = tmp_path / "pong.gif"
     assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--model", run_dir / "final.keras", "--eval",
                     "--episodes", "1", "--gif", gif, "--seed", "3") == 0

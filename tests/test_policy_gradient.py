@@ -113,11 +113,12 @@ def test_a2c_stopped_by_ctrl_c_resumes_and_beats_a_random_agent_by_far(tmp_path,
     assert main_code(lambda argv: policy_gradient.main(argv, "a2c", interrupted), *args) == 130
     assert f"python a2c.py --resume {run_dir}" in capsys.readouterr().err
     stopped = summary(run_dir)
-    assert stopped["status"] == "interrupted" and stopped["steps"] == 100 * 128
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 100 * 128 and stopped["gradient_steps"] == 100
     assert (run_dir / "step_12800.keras").is_file()
     assert main_code(a2c.main, "--resume", run_dir) == 0
     s = summary(run_dir)
     assert s["status"] == "finished" and s["steps"] == 235 * 128 and s["episodes"] > stopped["episodes"]
+    assert s["gradient_steps"] == 235  # one per batch, counted on across the resume
     # an evaluation in each batch that passes a multiple of 5,000 steps, before and after the stop
     assert [step // 128 for step, _ in s["evals"]] == [5_000 // 128 + 1, 79, 118, 157, 196, 235]
     assert s["final_eval_mean"] >= 75, s["evals"]  # a random CartPole agent lasts ~22 steps

@@ -22,6 +22,8 @@ def test_training_writes_snapshots_summary_and_curves(trained_run):
     assert [e[0] for e in s["evals"]] == [1000, 2000, 3000] and s["final_eval_episodes"] == 3
     assert s["best_eval_mean"] == max(mean for _, mean in s["evals"])
     assert s["peak_rss_mb"] > 100 and s["steps_per_second"] > 0 and s["compile_seconds"] > 0
+    # 16 gradient steps at every 16th step from --learning-starts 500 on: Adam's own count of them
+    assert s["gradient_steps"] == 16 * sum(step % 16 == 0 for step in range(500, 3001)) == 2496
     assert {p.name for p in trained_run.glob("*.keras")} == {"step_2000.keras", "last.keras", "final.keras"}
     assert json.loads((trained_run / "args.json").read_text())["steps"] == 3000
     curves = scalars(trained_run)
@@ -148,6 +150,8 @@ def test_a_run_from_before_the_restructuring_resumes_and_plays(tmp_path, capsys)
     assert summary(run_dir)["steps"] == 3000
     # 7 whole episodes before the interruption; the cut one is not continued, 1592 steps make 7 more
     assert summary(run_dir)["status"] == "finished" and summary(run_dir)["episodes"] == 14
+    # the old checkpoint's Adam step count carries on: every 16th step from 200 on, 16 each, over both sessions
+    assert summary(run_dir)["gradient_steps"] == 16 * sum(step % 16 == 0 for step in range(200, 3001))
     assert eval_line(capsys, "--model", run_dir / "step_1408.keras", "--episodes", "2") == -200.0
 
 
