@@ -57,6 +57,7 @@ def main_code(*args) -> int:
     (["--env", "CartPole-v1"], "CartPole-v1 has unbounded observations"),
     (["--env", "LunarLander-v3"], "too many for a table; lower --bins (at most 7 for this env)"),
     (["--env", "ALE/Pong-v5"], "train Atari games with run.py"),
+    (["--bins", "0"], "--bins must be at least 1"),  # a flag's error (settings' table has the rest) writes nothing too
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     assert main_code(*args, "--logdir", tmp_path / "runs") == 2
