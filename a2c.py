@@ -24,7 +24,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 
-from settings import parse_args
+from plumbing.settings import parse_args
 
 if __name__ == "__main__":
     parse_args(None, "a2c")  # bad flags: their one-line error now, not after TensorFlow loads
@@ -33,8 +33,8 @@ import gymnasium as gym
 import numpy as np
 
 import policy_gradient
-from envs import make_env
-from networks import ActorCritic
+from plumbing.envs import make_env
+from plumbing.fast_acting import ActorCritic
 from policy_gradient import Batch, discounted_returns
 
 

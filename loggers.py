@@ -11,13 +11,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import psutil
 from tensorboardX import SummaryWriter
 
 
 class TensorBoardLogger:
-    def __init__(self, logdir: str | Path):
+    def __init__(self, logdir: str | Path, settings: dict | None = None):
+        """Event files in `logdir`; a new run's `settings` (its flags) go in as a table, so that they
+        travel with the curves."""
         self.writer = SummaryWriter(str(logdir))
         self.pending, self.handed = [], time.perf_counter()
+        if settings is not None:
+            self.settings(settings)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         # The writer's own thread writes the events; handing them over once a second instead of one by
@@ -61,3 +66,30 @@ class Averages:
         rate = (step - self.step) / (now - self.time)
         self.values, self.step, self.time = defaultdict(list), step, now
         return means, rate
+
+
+def log_episodes(log: TensorBoardLogger, info: dict, step: int) -> list[float]:
+    """Log the return and length of each game that ended in this step of a vector env (Gymnasium's
+    info["episode"] and info["_episode"]); return those returns."""
+    ended = np.flatnonzero(info["_episode"])
+    for env in ended:
+        log.scalar("episode/return", info["episode"]["r"][env], step)
+        log.scalar("episode/length", info["episode"]["l"][env], step)
+    return [float(info["episode"]["r"][env]) for env in ended]
+
+
+def log_training(log: TensorBoardLogger, bar, progress, averages: Averages, last_return: float,
+                 scalars: dict[str, float]) -> None:
+    """The averages since the last log line (as train/NAME), `scalars`, the speed and the memory, to
+    TensorBoard; and one line under the progress bar. NaN values (no loss before learning starts, a
+    setting that is off) are left out."""
+    means, sps = averages.take(progress.step)
+    rss = psutil.Process().memory_info().rss / 2**20
+    scalars = {**{f"train/{name}": value for name, value in means.items()}, **scalars,
+               "perf/steps_per_second": sps, "perf/rss_mb": rss}
+    for tag, value in scalars.items():
+        if np.isfinite(value):
+            log.scalar(tag, value, progress.step)
+    epsilon = f"  epsilon {scalars['train/epsilon']:.3f}" if "train/epsilon" in scalars else ""
+    bar.write(f"episode {progress.episode:5d}  step {progress.step:7d}  loss {means['loss']:8.4f}  "
+              f"return {last_return:7.1f}{epsilon}  {sps:6.0f} steps/s  {rss:4.0f} MiB")

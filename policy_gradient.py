@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from startup import load_tensorflow, use_threads
+from plumbing.startup import load_tensorflow, use_threads
 
 tf = load_tensorflow()  # before Keras, which loads it too: the project's oneDNN default, no noise
 
@@ -33,19 +33,13 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-import runs
-from atomic import remove_leftovers
-from envs import evaluate_episodes, make_env, play_env, play_saved
 from loggers import Averages, TensorBoardLogger
-from networks import (
-    ActorCritic,
-    create_actor_critic,
-    load_model,
-    optimizer_variables,
-    restore_optimizer,
-    save_model,
-)
-from settings import ALGORITHMS, fail, is_atari, parse_args
+from plumbing import bookkeeping as runs
+from plumbing.atomic import remove_leftovers
+from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
+from plumbing.fast_acting import HIDDEN_LAYERS, ActorCritic
+from plumbing.keras_files import load_model, optimizer_variables, restore_optimizer, save_model
+from plumbing.settings import ALGORITHMS, fail, is_atari, parse_args
 
 # ------------------------------------------------------------------------------ returns
 
@@ -74,6 +68,32 @@ class Batch(NamedTuple):
     actions: np.ndarray  # (n,) int32
     returns: np.ndarray  # (n,) float32: discounted_returns
     episode_returns: list[float]  # the undiscounted returns of the episodes that ended in it
+
+
+# --------------------------------------------------------------------------- network
+
+
+def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool, lr: float,
+                        clip_norm: float) -> keras.Model:
+    """The policy pi(.|s) as logits, and the baseline V(s).
+
+    With `shared` one torso feeds both heads (fewer weights, but the value loss then shapes the
+    policy's features too); otherwise the critic has its own (critic_0, critic_1). The logits
+    start near 0, so the first policy is close to uniform: every action gets tried.
+    """
+    def torso(names: list[str]):
+        h = obs
+        for name in names:
+            h = keras.layers.Dense(units, activation="relu", name=name)(h)
+        return h
+
+    obs = keras.Input((obs_size,), name="obs")
+    h = torso(HIDDEN_LAYERS)
+    logits = keras.layers.Dense(n_actions, kernel_initializer=keras.initializers.Orthogonal(0.01), name="logits")(h)
+    value = keras.layers.Dense(1, name="value")(h if shared else torso(["critic_0", "critic_1"]))
+    model = keras.Model(obs, [logits, value])
+    model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm))
+    return model
 
 
 # -------------------------------------------------------------------------- learning
@@ -170,9 +190,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
         load_state(run_dir, state)
         remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
         print(f"resuming {run_dir} at step {state.progress.step}", flush=True)
-    log = TensorBoardLogger(run_dir)
-    if not resuming:  # the settings travel with the curves
-        log.settings(vars(args))
+    log = TensorBoardLogger(run_dir, settings=None if resuming else vars(args))
     batches = collect(args, state.actor, state.rng, int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     status = training_loop(args, state, batches, eval_env, run_dir, log)

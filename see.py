@@ -13,8 +13,8 @@ No TensorFlow is loaded: a random agent needs none, and it starts in about a sec
 
 import sys
 
-from envs import play_env, show_episodes
-from settings import Parser, fail
+from plumbing.envs import play_env, show_episodes
+from plumbing.settings import Parser, fail
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,10 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from atomic import remove_leftovers, write_atomically
-from envs import evaluate_episodes, make_env, play_env, play_saved
+from plumbing.atomic import remove_leftovers, write_atomically
+from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
 from loggers import Averages, TensorBoardLogger
-from runs import (
+from plumbing.bookkeeping import (
     CtrlC,
     Progress,
     Stopwatch,
@@ -40,7 +40,7 @@ from runs import (
     train_and_report,
     write_summary,
 )
-from settings import fail, is_atari, parse_args
+from plumbing.settings import fail, is_atari, parse_args
 
 MAX_CELLS = 10_000_000  # 80 MB of table per action beyond this: lower --bins
 

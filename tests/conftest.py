@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
 os.environ["SDL_VIDEODRIVER"] = "dummy"  # in-process playing renders without a screen (test_window.py has one)
-from startup import load_tensorflow  # noqa: E402
+from plumbing.startup import load_tensorflow  # noqa: E402
 
 tf = load_tensorflow()  # as the scripts do, before any test imports Keras: the same defaults, no start-up noise
 # One thread each, as run.py's --threads default: in-process trainings get the numerics of `python run.py`.

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import run_main, scalars
 
-from envs import AtariGames, make_env, run_games
+from plumbing.envs import AtariGames, make_env, run_games
 from frame_replay import FrameReplayBuffer
-from networks import load_model
+from plumbing.keras_files import load_model
 from run import store
 
 

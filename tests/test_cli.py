@@ -26,13 +26,13 @@ def test_bad_flags_are_one_line_exit_2_before_tensorflow_loads(tmp_path, args, m
     r = script("run.py", *args, cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})  # Python lists its imports
     imported = imported_modules(r)
     assert message in one_line_exit_2(r, "run.py")
-    assert "settings" in imported and "tensorflow" not in imported
+    assert "plumbing.settings" in imported and "tensorflow" not in imported
     assert list(tmp_path.iterdir()) == []  # nothing written, not even runs/
 
 
 @pytest.mark.parametrize("onednn", ["0", "1"])  # TensorFlow's default on AVX-512 CPUs is 1, elsewhere 0
 def test_a_bad_model_is_one_line_exit_2_with_tensorflow_loaded(tmp_path, onednn):
-    from networks import create_model
+    from run import create_model
 
     create_model(4, 2, 8, 1e-3, 1.0).save(tmp_path / "cartpole.keras")  # CartPole's 4 inputs and 2 actions
     r = script("run.py", "--model", "cartpole.keras", "--eval", cwd=tmp_path, env={"TF_ENABLE_ONEDNN_OPTS": onednn})
@@ -119,5 +119,5 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn):
                                            (["--steps", "x"], "invalid int value"),
                                            (["--atari", "Pong"], "--atari takes an Atari game id")])
 def test_speed_bad_input_is_one_line_exit_2(tmp_path, args, message):
-    assert message in one_line_exit_2(script("speed.py", *args, cwd=tmp_path), "speed.py")
+    assert message in one_line_exit_2(script("tools/speed.py", *args, cwd=tmp_path), "speed.py")
     assert list(tmp_path.iterdir()) == []

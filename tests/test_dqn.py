@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 
 import run
-from networks import Dueling, Policy, create_model
+from plumbing import dqn_files
+from plumbing.fast_acting import QValues
+from run import Dueling, create_model, epsilon_greedy, greedy_actions
 from replay_buffer import Batch, ReplayBuffer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -49,10 +51,10 @@ def test_action_mask_selects_q_values(model):
 def test_numpy_forward_matches_keras(model):
     obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     keras_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
-    policy = Policy(model)
+    policy = QValues(model)
     assert policy.dense  # the numpy forward pass, not the compiled fallback
-    np.testing.assert_allclose(policy.q_values(obs), keras_q, rtol=1e-5, atol=1e-6)
-    assert policy.greedy(obs[0]) == int(np.argmax(keras_q[0]))
+    np.testing.assert_allclose(policy(obs), keras_q, rtol=1e-5, atol=1e-6)
+    assert int(greedy_actions(policy, obs[0][None])[0]) == int(np.argmax(keras_q[0]))
 
 
 def test_bellman_target_bootstraps_through_truncation_not_termination():
@@ -74,33 +76,33 @@ def test_training_env_stores_truncation_as_not_terminated(trained_run):
     assert len(saved["replay/action"]) == 3000 and saved["replay/terminated"].sum() == 0
 
 
-def test_fit_batch_moves_only_the_taken_action_toward_its_target():
+def test_update_moves_only_the_taken_action_toward_its_target():
     model, target = constant_q_model([0.0, 0.0, 0.0], lr=0.02), constant_q_model([1.0, 1.0, 1.0])
     model.set_weights([w + 0.01 for w in model.get_weights()])  # break the symmetry of zero weights
-    fit = run.make_fit_batch(model, target)
+    fit = run.make_update(model, target)
     obs = np.ones((4, 8, 2), np.float32)
     batch = Batch(obs=obs, action=np.ones((4, 8), np.int32), reward=np.full((4, 8), 2.0, np.float32),
                   next_obs=obs, terminated=np.zeros((4, 8), np.float32),
                   discount=np.full((4, 8), 0.5, np.float32))  # y = 2 + 0.5 * 1 = 2.5
-    before = Policy(model).q_values(obs[0, :1])[0]
+    before = QValues(model)(obs[0, :1])[0]
     losses = [float(fit(batch)[0]) for _ in range(60)]
-    after = Policy(model).q_values(obs[0, :1])[0]
+    after = QValues(model)(obs[0, :1])[0]
     assert losses[-1] < 0.01 * losses[0]
     assert after[1] == pytest.approx(2.5, abs=0.05)
     # the untaken actions share only the hidden layers, so they move much less
     assert abs(after[0] - before[0]) < abs(after[1] - before[1])
 
 
-def test_fit_batch_returns_the_updated_weights(model):
+def test_update_returns_the_updated_weights(model):
     target = create_model(2, 3, 16, 1e-2, 10.0)
     buf, rng = random_replay(100)
-    _, _, weights = run.make_fit_batch(model, target)(buf.sample(rng, (2, 16)))
+    _, _, weights = run.make_update(model, target)(buf.sample(rng, (2, 16)))
     for returned, current in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(returned.numpy(), current)
-    policy = Policy(model)
+    policy = QValues(model)
     policy.refresh(weights)  # what the training loop does after each call
     obs = buf.obs[:10]
-    np.testing.assert_allclose(policy.q_values(obs), model([obs, np.ones((10, 3), np.float32)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(policy(obs), model([obs, np.ones((10, 3), np.float32)]), rtol=1e-5, atol=1e-6)
 
 
 def test_epsilon_schedule():
@@ -113,10 +115,10 @@ def test_epsilon_schedule():
 
 
 def test_epsilon_greedy_action(model):
-    policy, obs, rng = Policy(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
-    greedy = policy.greedy(obs)
-    assert all(policy.epsilon_greedy(obs[None], 0.0, rng)[0] == greedy for _ in range(100))
-    counts = np.bincount([policy.epsilon_greedy(obs[None], 1.0, rng)[0] for _ in range(3000)], minlength=3)
+    policy, obs, rng = QValues(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
+    greedy = int(greedy_actions(policy, obs[None])[0])
+    assert all(epsilon_greedy(policy, obs[None], 0.0, rng)[0] == greedy for _ in range(100))
+    counts = np.bincount([epsilon_greedy(policy, obs[None], 1.0, rng)[0] for _ in range(3000)], minlength=3)
     assert counts.min() > 900  # uniform over the 3 actions
 
 
@@ -133,17 +135,17 @@ def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
 def test_checkpoint_round_trip(tmp_path, model):
     target = create_model(2, 3, 16, 1e-2, 10.0)
     replay, rng = random_replay(60, capacity=50)
-    run.make_fit_batch(model, target)(replay.sample(rng, (3, 8)))  # gives Adam some state
+    run.make_update(model, target)(replay.sample(rng, (3, 8)))  # gives Adam some state
     progress = run.Progress(step=60, episode=1, train_seconds=1.0, compile_seconds=0.5, wall_seconds=2.0,
                             evals=[[50, -200.0]], best_eval_step=50, best_eval_mean=-200.0)
     best = [w + 1 for w in model.get_weights()]
     state = run.TrainingState(model, target, replay, rng, progress, replay.obs[:5], best)
-    run.save_checkpoint(tmp_path, state)
+    dqn_files.save_checkpoint(tmp_path, state)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # one file, no temporary left
 
     loaded = run.TrainingState(create_model(2, 3, 16, 1e-2, 10.0), create_model(2, 3, 16, 1e-2, 10.0),
                                ReplayBuffer(50, (2,)), np.random.default_rng(99), run.Progress())
-    run.load_checkpoint(tmp_path, loaded)
+    dqn_files.load_checkpoint(tmp_path, loaded)
     # the wall time saved adds this process's time so far to the earlier sessions' 2 s
     assert loaded.progress.wall_seconds > progress.wall_seconds
     assert loaded.progress == dataclasses.replace(progress, wall_seconds=loaded.progress.wall_seconds)
@@ -160,8 +162,8 @@ def test_checkpoint_round_trip(tmp_path, model):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # and the restored optimizer takes the same next step as the original
     batch = replay.sample(np.random.default_rng(5), (1, 8))
-    run.make_fit_batch(model, target)(batch)
-    run.make_fit_batch(loaded.model, loaded.target)(batch)
+    run.make_update(model, target)(batch)
+    run.make_update(loaded.model, loaded.target)(batch)
     for a, b in zip(loaded.model.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
@@ -188,11 +190,11 @@ def test_update_target_is_polyak_averaging_and_a_copy_at_tau_1():
         np.testing.assert_array_equal(t, o)
 
 
-def test_fit_batch_with_tau_moves_the_target_every_gradient_step(model):
+def test_update_with_tau_moves_the_target_every_gradient_step(model):
     target = create_model(2, 3, 16, 1e-2, 10.0)
     buf, rng = random_replay(100)
     start = target.get_weights()
-    run.make_fit_batch(model, target, tau=1.0)(buf.sample(rng, (3, 16)))
+    run.make_update(model, target, tau=1.0)(buf.sample(rng, (3, 16)))
     for t, o in zip(target.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(t, o)  # tau = 1 is a hard copy after every step
     assert not np.array_equal(start[0], target.get_weights()[0])
@@ -217,7 +219,7 @@ def test_dueling_network_numpy_forward_mask_and_snapshots(tmp_path, mode):
     model = create_model(2, 3, 16, 1e-2, 10.0, dueling=mode)
     obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     all_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
-    np.testing.assert_allclose(Policy(model).q_values(obs), all_q, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(QValues(model)(obs), all_q, rtol=1e-5, atol=1e-6)
     one_hot = np.eye(3, dtype=np.float32)[np.arange(50) % 3]  # the mask still picks one action's Q
     np.testing.assert_allclose(model([obs, one_hot]).numpy(), all_q * one_hot, rtol=1e-6)
     value, advantage = head_output(model, obs, "value"), head_output(model, obs, "advantage")
@@ -227,7 +229,7 @@ def test_dueling_network_numpy_forward_mask_and_snapshots(tmp_path, mode):
     for name in ("q.keras", "q.h5"):
         model.save(tmp_path / name)
         loaded = keras.models.load_model(tmp_path / name, compile=False)
-        assert Policy(loaded).dueling == mode and Policy(loaded).dense
+        assert QValues(loaded).dueling == mode and QValues(loaded).dense
         np.testing.assert_array_equal(loaded([obs, np.ones((50, 3), np.float32)]).numpy(), all_q)
 
 
@@ -249,14 +251,14 @@ def test_huber_gradient_is_mse_near_zero_and_clipped_beyond_one():
     assert grad("huber", -4.0) == pytest.approx(1.0)
 
 
-def test_fit_batch_scales_each_transition_by_its_importance_weight():
+def test_update_scales_each_transition_by_its_importance_weight():
     def moved(weight) -> np.ndarray:
         model, target = constant_q_model([0.0, 0.0], lr=0.01), constant_q_model([0.0, 0.0])
         obs = np.array([[[1.0, 0.0], [0.0, 1.0]]], np.float32)  # two transitions, different states
         batch = Batch(obs=obs, action=np.array([[0, 1]], np.int32), reward=np.array([[1.0, 1.0]], np.float32),
                       next_obs=obs, terminated=np.ones((1, 2), np.float32), discount=np.full((1, 2), 0.9, np.float32),
                       weight=np.array([weight], np.float32))
-        _, td, _ = run.make_fit_batch(model, target)(batch)
+        _, td, _ = run.make_update(model, target)(batch)
         np.testing.assert_allclose(td.numpy(), [[1.0, 1.0]])  # |y - Q| = |1 - 0| per transition
         return model.get_weights()[-1]  # the output biases of actions 0 and 1
 
@@ -269,14 +271,14 @@ def test_fit_batch_scales_each_transition_by_its_importance_weight():
 def test_policy_calls_other_networks_through_one_compiled_function():
     """A snapshot written before the layers were named (tests/fixtures, from the base of issue 9)
     has no hidden_0/q layers: the policy then calls the network itself, with the same answers."""
-    old = keras.models.load_model(FIXTURES / "before-issue-9" / "step_1408.keras", compile=False)
+    old = keras.models.load_model(FIXTURES / "old-run-unnamed-layers" / "step_1408.keras", compile=False)
     assert [layer.name for layer in old.layers if "dense" in layer.name] == ["dense", "dense_1", "dense_2"]
-    policy = Policy(old)
+    policy = QValues(old)
     obs = np.random.default_rng(0).uniform(-1, 1, size=(20, 2)).astype(np.float32)
     expected = old([obs, np.ones((20, 3), np.float32)]).numpy()
     assert not policy.dense
-    np.testing.assert_allclose(policy.q_values(obs), expected, rtol=1e-6)
-    assert [policy.greedy(o) for o in obs] == list(expected.argmax(axis=1))
+    np.testing.assert_allclose(policy(obs), expected, rtol=1e-6)
+    assert [int(greedy_actions(policy, o[None])[0]) for o in obs] == list(expected.argmax(axis=1))
 
 
 @pytest.mark.parametrize("loss", ["mse", "huber"])
@@ -290,7 +292,7 @@ def test_loss_is_the_mean_td_loss_of_the_taken_actions(loss):
     batch = Batch(obs=np.zeros((1, 3, 2), np.float32), action=np.array([[0, 3, 1]], np.int32), reward=reward,
                   next_obs=np.zeros((1, 3, 2), np.float32), terminated=np.ones((1, 3), np.float32),
                   discount=np.full((1, 3), 0.99, np.float32))
-    mean_loss, td, _ = run.make_fit_batch(model, target)(batch)
+    mean_loss, td, _ = run.make_update(model, target)(batch)
     per_transition = [0.25, 4.0, 9.0] if loss == "mse" else [0.125, 1.5, 2.5]  # Huber: e^2/2 up to 1, then |e| - 1/2
     assert float(mean_loss) == pytest.approx(np.mean(per_transition), rel=1e-5)
     np.testing.assert_allclose(td.numpy(), np.abs(reward), rtol=1e-6)
@@ -308,28 +310,28 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     taken = model([frames, np.eye(6, dtype=np.float32)[[0, 3, 5, 1, 2]]]).numpy()
     np.testing.assert_allclose(taken.sum(axis=1), q[np.arange(5), [0, 3, 5, 1, 2]], rtol=1e-5)
     assert np.count_nonzero(taken) <= 5  # every other action masked to 0
-    policy = Policy(model)
+    policy = QValues(model)
     assert not policy.dense  # no numpy path for convolutions: one compiled call
-    np.testing.assert_allclose(policy.q_values(frames), q, rtol=1e-5)
-    assert policy.greedy(frames[2]) == int(np.argmax(q[2]))
+    np.testing.assert_allclose(policy(frames), q, rtol=1e-5)
+    assert int(greedy_actions(policy, frames[2][None])[0]) == int(np.argmax(q[2]))
     model.save(tmp_path / "conv.keras")
     loaded = keras.models.load_model(tmp_path / "conv.keras", compile=False)
-    np.testing.assert_allclose(Policy(loaded).q_values(frames), q, rtol=1e-5)
+    np.testing.assert_allclose(QValues(loaded)(frames), q, rtol=1e-5)
 
 
 def test_batched_epsilon_greedy_draws_what_the_single_env_loop_drew(model):
-    policy = Policy(model)
+    policy = QValues(model)
     obs = np.random.default_rng(1).uniform(-1, 1, size=(200, 2)).astype(np.float32)
 
     def single_env(o, epsilon, rng):  # the single-env loop's draws: a uniform, then an action only to explore
-        return int(rng.integers(3)) if rng.random() < epsilon else policy.greedy(o)
+        return int(rng.integers(3)) if rng.random() < epsilon else int(greedy_actions(policy, o[None])[0])
 
     for epsilon in (0.0, 0.3, 1.0):
         one, batched = np.random.default_rng(7), np.random.default_rng(7)
         singles = [single_env(o, epsilon, one) for o in obs]
-        batches = [int(policy.epsilon_greedy(o[None], epsilon, batched)[0]) for o in obs]
+        batches = [int(epsilon_greedy(policy, o[None], epsilon, batched)[0]) for o in obs]
         assert singles == batches  # one env: the same actions from the same seed
-    actions = policy.epsilon_greedy(obs, 0.0, np.random.default_rng(0))
-    np.testing.assert_array_equal(actions, np.argmax(policy.q_values(obs), axis=1))
-    random_share = np.mean(policy.epsilon_greedy(obs, 0.5, np.random.default_rng(0)) != actions)
+    actions = epsilon_greedy(policy, obs, 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(actions, np.argmax(policy(obs), axis=1))
+    random_share = np.mean(epsilon_greedy(policy, obs, 0.5, np.random.default_rng(0)) != actions)
     assert 0.2 < random_share < 0.45  # half explore, and a third of those pick the greedy action anyway

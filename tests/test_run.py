@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, checkpoint_state, run_main, scalars, summary
 
-from envs import run_episodes
+from plumbing.envs import run_episodes
 from run import epsilon_at
 
 
@@ -141,10 +141,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_snapshot(tmp_path, capsys):
 
 
 def test_a_run_from_before_the_restructuring_resumes_and_plays(tmp_path, capsys):
-    """tests/fixtures/before-issue-9: a run written by the base commit of issue 9, interrupted at step
-    1408 of 3000 (its snapshot has unnamed layers, its checkpoint the same layout)."""
+    """tests/fixtures/old-run-unnamed-layers: a run written by an older run.py, interrupted at step
+    1408 of 3000 (its snapshot's layers have Keras' automatic names; its checkpoint today's layout)."""
     run_dir = tmp_path / "old"
-    shutil.copytree(FIXTURES / "before-issue-9", run_dir)
+    shutil.copytree(FIXTURES / "old-run-unnamed-layers", run_dir)
     assert run_main("--resume", run_dir) == 0
     assert f"resuming {run_dir} at step 1408: epsilon 0.931" in capsys.readouterr().out
     assert summary(run_dir)["steps"] == 3000
@@ -161,7 +161,7 @@ def test_a_run_from_before_the_restructuring_resumes_and_plays(tmp_path, capsys)
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     """Files that are not usable models for MountainCar."""
-    from networks import create_model
+    from run import create_model
 
     d = tmp_path_factory.mktemp("bad")
     (d / "bad.keras").write_bytes(b"not a zip file")

@@ -2,7 +2,7 @@
 
 import pytest
 
-import settings
+from plumbing import settings
 
 
 @pytest.mark.parametrize("algo, args, message", [

@@ -2,6 +2,7 @@
 to a GIF. No TensorFlow here: see.py's random agent uses this file alone.
 """
 
+import math
 import os
 import re
 import sys
@@ -12,10 +13,10 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from atomic import write_atomically
-from settings import fail, is_atari
-from startup import quiet_stderr
-from viewer import Window, WindowClosed, WindowError
+from plumbing.atomic import write_atomically
+from plumbing.settings import fail, is_atari
+from plumbing.startup import quiet_stderr
+from plumbing.viewer import Window, WindowClosed, WindowError
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
@@ -184,6 +185,15 @@ class AtariGames:
 
     def close(self) -> None:
         self.envs.close()
+
+
+def finite(obs: np.ndarray, rewards: np.ndarray, info: dict) -> bool:
+    """No NaN or inf in what the envs returned (one sum: they propagate into it). Integer
+    observations (Atari frames) cannot hold either: summing them would only cost time."""
+    total = rewards.sum()
+    if obs.dtype.kind == "f":
+        total += obs.sum() + (info["final_obs"].sum() if "final_obs" in info else 0.0)
+    return math.isfinite(total)
 
 
 def make_training_envs(env_id: str, num_envs: int, threads: int):

@@ -1,15 +1,15 @@
 """Speed and memory of run.py, each training a `python run.py` process (bench.run_trial).
 
-Throughput:  python speed.py --steps 20000
+Throughput:  python tools/speed.py --steps 20000
     trains in the 2018 tutorial's regime (one gradient step on a batch of 64 per env step,
     a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
     In the same run, alternating with it: one compiled call per env step, and every DQN
     variant switched on at once; then it times prioritized-replay sampling in process.
-Atari:       python speed.py --atari ALE/Pong-v5
+Atari:       python tools/speed.py --atari ALE/Pong-v5
     where an Atari training's time goes: the games alone (random actions, the preset's envs and
     threads, in this process) against trainings at the preset's update ratio, alternating,
     `--repeats` times each; last line: atari_steps_per_second: X (the trainings' median).
-Memory:      python speed.py --memory
+Memory:      python tools/speed.py --memory
     peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
     every 40 steps over 40,000 steps and every 100 over 120,000; last line: peak_rss_mb: X.
 """
@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-import settings
-from bench import run_trial
-from envs import AtariGames
-from replay_buffer import PrioritizedReplayBuffer
-from settings import Parser, fail
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's scripts and plumbing/
+
+from bench import run_trial  # noqa: E402
+from plumbing import settings  # noqa: E402
+from plumbing.envs import AtariGames  # noqa: E402
+from plumbing.settings import Parser, fail  # noqa: E402
+from replay_buffer import PrioritizedReplayBuffer  # noqa: E402
 
 # The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
 # runs every 16 steps with 16 gradient steps per compiled call (same ratio, less overhead).

@@ -16,8 +16,10 @@ import tempfile
 import types
 from collections.abc import Iterator
 
+from plumbing.settings import learns_from_pixels
+
 # oneDNN off unless the user says otherwise (TF_ENABLE_ONEDNN_OPTS=1): the same numbers for a
-# seed on every x86-64 CPU; measured on this project's networks it was barely faster (README).
+# seed on every x86-64 CPU; on this project's dense networks it was barely faster (docs/results.md).
 ONEDNN_DEFAULT = "0"
 
 # The lines TensorFlow writes at import whatever the log level; anything else it writes (an
@@ -55,6 +57,17 @@ def load_tensorflow() -> types.ModuleType:
     with quiet_stderr(TENSORFLOW_NOISE):
         import tensorflow
     return tensorflow
+
+
+def prepare_for(args) -> None:
+    """What a training or playing process sets before TensorFlow loads, once its flags are known."""
+    if learns_from_pixels(args):
+        # oneDNN's convolutions make the conv net's update faster (docs/atari.md); dense nets keep the
+        # project's default (off: the same numbers on every CPU). A value set by the user wins.
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    # Keras imports pandas whenever it is installed (Ray Tune, used by bench.py, brings it) only to
+    # accept DataFrames, which we never pass; marked absent, it costs no memory (docs/results.md).
+    sys.modules.setdefault("pandas", None)
 
 
 def use_threads(tf: types.ModuleType, n: int) -> None:

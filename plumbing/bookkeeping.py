@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from atomic import write_atomically, write_text_atomically
-from envs import make_env
-from settings import ALGORITHMS, fail, make_parser
+from plumbing.atomic import write_atomically, write_text_atomically
+from plumbing.envs import make_env
+from plumbing.settings import ALGORITHMS, fail, make_parser
 
 STARTED = time.time()  # wall-clock start (importing this module comes before the slow TensorFlow import)
 CHECKPOINT = "checkpoint.npz"

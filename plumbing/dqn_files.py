@@ -1,0 +1,93 @@
+"""The files a DQN training writes besides its curves: the checkpoint --resume starts from (run.py's
+TrainingState, array by array), step_N.keras snapshots, and the end of a run (last.keras,
+final.keras with the best evaluated weights, and their evaluations).
+"""
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from frame_replay import FrameReplayBuffer
+from plumbing import bookkeeping
+from plumbing.atomic import remove_leftovers
+from plumbing.bookkeeping import Progress, listed, numbered
+from plumbing.keras_files import optimizer_variables, restore_optimizer, save_model
+
+
+def save_checkpoint(run_dir: Path, state, progress: Progress | None = None) -> None:
+    """The whole TrainingState in one file (bookkeeping.save_checkpoint). `progress` replaces
+    state.progress (the counters with this moment's timings)."""
+    arrays = {**numbered("online", state.model.get_weights()), **numbered("target", state.target.get_weights()),
+              **numbered("adam", [v.numpy() for v in optimizer_variables(state.model)]),
+              **numbered("best", state.best_weights or []),
+              **{f"replay/{k}": v for k, v in state.replay.arrays().items()}}
+    if state.validation_obs is not None:
+        arrays["validation_obs"] = state.validation_obs
+    bookkeeping.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
+
+
+def load_checkpoint(run_dir: Path, state) -> None:
+    """Inverse of save_checkpoint, into the freshly built `state`."""
+    def restore(saved) -> None:
+        state.model.set_weights(listed(saved, "online"))
+        state.target.set_weights(listed(saved, "target"))
+        restore_optimizer(state.model, listed(saved, "adam"))
+        state.replay.restore({k.removeprefix("replay/"): saved[k] for k in saved.files if k.startswith("replay/")})
+        state.validation_obs = saved["validation_obs"] if "validation_obs" in saved.files else None
+        state.best_weights = listed(saved, "best") or None
+
+    state.progress = bookkeeping.load_checkpoint(run_dir, state.rng, restore)
+
+
+def print_replay(args: argparse.Namespace, replay) -> None:
+    unit = "frames" if isinstance(replay, FrameReplayBuffer) else "transitions"
+    print(f"replay: {args.buffer_size:,} {unit}, {replay.nbytes / 2**20:,.0f} MiB", flush=True)
+
+
+def resume(run_dir: Path, state, epsilon_at: Callable[[int], float]) -> None:
+    """--resume: the checkpoint into `state`, leftovers of a write a crash cut short removed."""
+    load_checkpoint(run_dir, state)
+    remove_leftovers(run_dir)
+    print(f"resuming {run_dir} at step {state.progress.step}: epsilon {epsilon_at(state.progress.step):.3f}, {len(state.replay)} "
+          f"transitions in replay, {tf.config.threading.get_intra_op_parallelism_threads()} TensorFlow threads",
+          flush=True)
+
+
+def snapshot(run_dir: Path, state, clock: bookkeeping.Stopwatch, bar) -> None:
+    """A step_N.keras file to play and the checkpoint to resume from, with this moment's timings."""
+    p = state.progress
+    save_model(state.model, run_dir / f"step_{p.step}.keras")
+    save_checkpoint(run_dir, state, dataclasses.replace(p, train_seconds=clock()))
+    bar.write(f"saved step_{p.step}.keras and the checkpoint at step {p.step} ({len(state.replay)} transitions)")
+
+
+def finish(args: argparse.Namespace, state, status: str, run_dir: Path, log,
+           evaluate: Callable[[int], np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Save what the status calls for; after a finished run, evaluate the last and the final
+    weights with `evaluate(seed)` (greedy returns of the model's current weights). Returns their
+    returns (None when not evaluated)."""
+    p = state.progress
+    if status in ("diverged", "bad_env_output"):  # keep the last good snapshot: nothing is saved now
+        return None, None
+    if status == "interrupted":
+        save_model(state.model, run_dir / f"step_{p.step}.keras")
+    save_checkpoint(run_dir, state)
+    if status != "finished":
+        return None, None
+    save_model(state.model, run_dir / "last.keras")
+    episodes, eval_seed = args.final_eval_episodes, args.seed + 10_000  # same start states for both
+    last_returns = evaluate(eval_seed) if episodes else None
+    # The best evaluation may have been the last one: then the final weights are the last ones.
+    best_is_last = state.best_weights is None or p.best_eval_step == p.step
+    if not best_is_last:
+        state.model.set_weights(state.best_weights)
+    save_model(state.model, run_dir / "final.keras")
+    if not episodes:
+        return None, None
+    final_returns = last_returns if best_is_last else evaluate(eval_seed)
+    log.scalar("eval/final_mean_return", final_returns.mean(), p.step)
+    return final_returns, last_returns
