@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from plumbing import settings  # run.py's flags and one-line errors, without TensorFlow; trainings run in their own processes
+from plumbing import (
+    settings,  # run.py's flags and one-line errors, without TensorFlow; trainings run in their own processes
+)
 from plumbing.atomic import write_atomically, write_text_atomically
 from plumbing.startup import quiet_stderr
 

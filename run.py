@@ -1,16 +1,10 @@
-"""Deep Q-learning (DQN) with TensorFlow 2 / Keras 3 on Gymnasium: classic control or Atari from pixels.
+"""Deep Q-learning (DQN) with TensorFlow 2 / Keras 3 on Gymnasium: classic control, or Atari from pixels.
 
-Train:     python run.py [--env CartPole-v1 | ALE/Pong-v5 ...]   (writes runs/<name>/)
-Watch:     python run.py --model runs/<name>/final.keras --view
-Evaluate:  python run.py --model runs/<name>/final.keras --eval
-Resume:    python run.py --resume runs/<name>
-Curves:    tensorboard --logdir runs
-
-Read it top to bottom, in the order of the README's "DQN in one page": the hyperparameters, the
-Q-network, acting, learning (Bellman targets, the loss, the gradient step, the target copy), the
-training loop, evaluation, playing a saved model. The replay is in replay_buffer.py (frame_replay.py
-for Atari), the curves in loggers.py; what is not DQN (the run's folder, crash-safe files, the
-checkpoint's layout, Ctrl-C, the envs, TensorFlow's start-up) is in plumbing/, one call away.
+Train: python run.py [--env CartPole-v1 | ALE/Pong-v5 ...]; watch: python run.py --model
+runs/<name>/final.keras --view (or --eval); resume: python run.py --resume runs/<name>; curves:
+tensorboard --logdir runs. Read top to bottom, in the order of the README's "DQN in one page". The
+replay is in replay_buffer.py (frame_replay.py for Atari), the curves in loggers.py; what is not DQN
+(the run's folder, crash-safe files, the checkpoint, Ctrl-C, the envs) is in plumbing/, one call away.
 """
 
 import argparse
@@ -40,25 +34,19 @@ from plumbing import dqn_files
 from plumbing.envs import (AtariGames, finite, make_env, make_eval_env, make_training_envs, play_env, play_saved,
                            run_episodes, run_games)
 from plumbing.fast_acting import QValues
-from plumbing.keras_files import load_model, save_model
+from plumbing.keras_files import load_model
 from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter
 
 # ------------------------------------------------------------------------ hyperparameters
-# Every flag, its help text and the tuned presets per env live in plumbing/settings.py; see them
-# with `python run.py --help` (and `--env ID --help` for an env's preset). The defaults are
-# MountainCar-v0's; `args` below holds them.
+# Every flag with its help text, and the presets per env, are in plumbing/settings.py: see them with
+# `python run.py --help` (and `--env ID --help`). `args` holds them (the defaults are MountainCar's).
 
 # ------------------------------------------------------------------------------ Q-network
-
-
 @keras.saving.register_keras_serializable(package="dqn")
 class Dueling(keras.layers.Layer):
     """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), or - max_a' A(s, a') (Wang et al. 2016).
-
-    Subtracting the mean (or max) advantage makes V and A identifiable: without it any
-    constant could move between them. The max form makes A(s, greedy a) = 0, so V(s) is
-    the greedy action's value; the mean form is what the paper found more stable.
-    """
+    Subtracting the mean (or max) makes V and A identifiable: else any constant could move between
+    them. With max, V(s) is the greedy action's value; the paper found mean more stable."""
 
     def __init__(self, mode: str = "avg", **kwargs):
         super().__init__(**kwargs)
@@ -93,13 +81,9 @@ def conv_torso(frames):
 
 def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, lr, clip_norm: float,
                  loss: str = "mse", dueling: str = "none") -> keras.Model:
-    """Q(s, .) for all actions, multiplied by an action mask.
-
-    With an all-ones mask one forward pass gives every action's Q-value (for acting and for the
-    target); with a one-hot mask only the taken action's, which is what the loss compares with its
-    target. A stack of frames gets the conv torso, a few numbers the dense one. With `dueling` the
-    last layer is split into a value head and an advantage head (the mask applies after them).
-    """
+    """Q(s, .) for all actions, multiplied by an action mask: all ones gives every action's Q-value
+    (for acting and the target), one-hot only the taken action's (for the loss). A stack of frames
+    gets the conv torso, a few numbers the dense one; `dueling` splits the head in two."""
     obs_shape = (obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape)
     frames = len(obs_shape) == 3
     obs = keras.Input(obs_shape, dtype="uint8" if frames else "float32", name="obs")
@@ -118,23 +102,13 @@ def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, l
 
 
 # --------------------------------------------------------------------------------- acting
-
-
-def epsilon_at(step: int, start: float, end: float, anneal_steps: int, schedule: str = "linear",
-               decay: float = 1.0) -> float:
-    """Linear annealing from start to end over anneal_steps, then constant; or exponential
-    decay, start * decay**step, never below end."""
-    if schedule == "exponential":
-        return max(end, start * decay**step)
-    if anneal_steps == 0:
-        return end
-    return linear(start, end, step / anneal_steps)
-
-
-def make_epsilon_schedule(args: argparse.Namespace) -> Callable[[int], float]:
-    """epsilon_at with the run's settings: step -> epsilon."""
-    return functools.partial(epsilon_at, start=args.epsilon_start, end=args.epsilon_end,
-                             anneal_steps=args.epsilon_steps, schedule=args.epsilon_schedule, decay=args.epsilon_decay)
+def epsilon_at(step: int, args: argparse.Namespace) -> float:
+    """Exploration at this env step: linear from --epsilon-start to --epsilon-end over --epsilon-steps,
+    then constant; or (--epsilon-schedule exponential) start * decay**step, never below the end."""
+    start, end = args.epsilon_start, args.epsilon_end
+    if args.epsilon_schedule == "exponential":
+        return max(end, start * args.epsilon_decay**step)
+    return end if args.epsilon_steps == 0 else linear(start, end, step / args.epsilon_steps)
 
 
 def greedy_actions(q_values: QValues, obs: np.ndarray) -> np.ndarray:
@@ -156,18 +130,14 @@ def epsilon_greedy(q_values: QValues, obs: np.ndarray, epsilon: float, rng: np.r
 
 
 # ------------------------------------------------------------------------------- learning
-
-
 def bellman_targets(target_model: keras.Model, reward, next_obs, terminated, discount,
                     online_model: keras.Model | None = None):
     """y = r + discount * max_a' Q_target(s', a'); no bootstrap past a true termination.
-
-    `discount` is gamma for 1-step transitions, gamma**k for a k-step return (--n-step).
-    A time-limit truncation is not a termination (the car could have kept driving), so it is
-    stored with terminated = 0 and still bootstraps. The separate, periodically copied target
-    network keeps y from chasing the weights being updated (Mnih et al. 2015). With
-    `online_model` (Double DQN, van Hasselt et al. 2016) the online network chooses a' and the
-    target network values it: y = r + discount * Q_target(s', argmax_a' Q_online(s', a')).
+    `discount` is gamma, or gamma**k for a k-step return (--n-step). A time-limit truncation is not a
+    termination (the car could have kept driving): it is stored with terminated = 0 and bootstraps.
+    The separate, periodically copied target network keeps y from chasing the weights being updated
+    (Mnih et al. 2015). With `online_model` (Double DQN, van Hasselt et al. 2016) the online network
+    chooses a' and the target values it: y = r + discount * Q_target(s', argmax_a' Q_online(s', a')).
     """
     next_obs = tf.convert_to_tensor(next_obs)
     ones = tf.ones((tf.shape(next_obs)[0], target_model.output_shape[-1]))
@@ -187,15 +157,11 @@ def update_target(target_model: keras.Model, model: keras.Model, tau: float = 1.
 
 
 def make_update(model: keras.Model, target_model: keras.Model, double: bool = False, tau: float | None = None):
-    """Compile DQN's update: G gradient steps on G minibatches in one call.
-
-    Takes a replay_buffer.Batch whose fields have shape (G, batch, ...). Returns the mean loss,
-    each transition's |TD error| (G, batch; prioritized replay's new priorities) and the new
-    weights (for the numpy copy that acts). One call for several steps removes the per-call
-    overhead that dominates a small network. The targets of all G minibatches come from the
-    networks as they are at the start of the call: with hard copies the target network is frozen
-    during the call anyway; with --tau or --double they lag by at most G gradient steps.
-    """
+    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...))
+    in one call, which removes the per-call overhead that dominates a small network. Returns the mean
+    loss, each transition's |TD error| (prioritized replay's priorities) and the new weights (for the
+    numpy copy that acts). All G targets come from the networks as they are at the start of the call:
+    with hard copies the target is frozen then anyway; with --tau or --double they lag by < G steps."""
     n_actions = model.output_shape[-1]
 
     # XLA fuses the dense network's many small ops, but slows the conv net's convolutions down (docs/atari.md).
@@ -232,8 +198,6 @@ def make_update(model: keras.Model, target_model: keras.Model, double: bool = Fa
 
 
 # ---------------------------------------------------------------------- the run's state
-
-
 @dataclass
 class TrainingState:
     """Everything a run has learned so far; the checkpoint saves exactly this and --resume loads it."""
@@ -261,16 +225,13 @@ def new_state(args: argparse.Namespace, envs) -> TrainingState:
         frames = (args.buffer_size, envs.num_envs, obs_shape[1:], obs_shape[0], args.n_step, args.gamma)
         replay = (PrioritizedFrameReplayBuffer(*frames, args.per_alpha, args.per_eps) if args.prioritized
                   else FrameReplayBuffer(*frames))
-    elif args.prioritized:
-        replay = PrioritizedReplayBuffer(args.buffer_size, obs_shape, args.per_alpha, args.per_eps)
     else:
-        replay = ReplayBuffer(args.buffer_size, obs_shape)
+        replay = (PrioritizedReplayBuffer(args.buffer_size, obs_shape, args.per_alpha, args.per_eps)
+                  if args.prioritized else ReplayBuffer(args.buffer_size, obs_shape))
     return TrainingState(model, target, replay, rng, Progress())
 
 
 # -------------------------------------------------------------------------- training loop
-
-
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     """Train a DQN agent, writing logs, snapshots and summary.json to run_dir; return the summary."""
     use_threads(tf, args.threads)  # here, not in main: a --resume runs with its saved settings
@@ -279,7 +240,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     state = new_state(args, envs)
     dqn_files.print_replay(args, state.replay)
     if resuming:
-        dqn_files.resume(run_dir, state, make_epsilon_schedule(args))
+        dqn_files.resume(run_dir, state, lambda step: epsilon_at(step, args))
     log = TensorBoardLogger(run_dir, settings=None if resuming else vars(args))
     obs, _ = envs.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
@@ -296,27 +257,24 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
 
 def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.ndarray, eval_env,
                   run_dir: Path, log: TensorBoardLogger) -> str:
-    """Act, store, learn, copy to the target; log, evaluate and snapshot; until the last step or
-    Ctrl-C. Returns the status: finished, interrupted, diverged or bad_env_output.
-
-    Each pass steps every env once (the step counts env steps over all of them) and does each
-    periodic task as often as the step count passed a multiple of its period."""
+    """Act, store, learn, copy to the target; log, evaluate, snapshot; until the last step or Ctrl-C.
+    Each pass steps every env once (`step` counts all envs' steps) and does each periodic task as often as
+    the step passed a multiple of its period. Returns finished, interrupted, diverged or bad_env_output."""
     p, replay, rng, q_values = state.progress, state.replay, state.rng, QValues(state.model)
     update = make_update(state.model, state.target, args.double, args.tau)
-    copy_to_target = tf.function(functools.partial(update_target, state.target, state.model))  # one call, not one a layer
+    copy_to_target = tf.function(functools.partial(update_target, state.target, state.model))  # one call in all
     writer = replay if isinstance(replay, FrameReplayBuffer) else StepWriter(replay, envs.num_envs, args.n_step,
                                                                               args.gamma)
     for env in range(envs.num_envs):
         writer.start(env, obs[env])
-    epsilon_schedule, last_return = make_epsilon_schedule(args), float("nan")
-    clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
+    clock, averages, last_return = Stopwatch(p.train_seconds), Averages(p.step), float("nan")
     with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1) as bar:
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 before, step = p.step, p.step + envs.num_envs
                 # act, step the envs, store the transitions
-                epsilon = epsilon_schedule(step)
+                epsilon = epsilon_at(step, args)
                 actions = epsilon_greedy(q_values, obs, epsilon, rng)
                 obs, rewards, terminated, truncated, info = envs.step(actions)
                 if not finite(obs, rewards, info):
@@ -402,11 +360,8 @@ def log_progress(args: argparse.Namespace, state: TrainingState, log: TensorBoar
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
 def evaluate(env, q_values: QValues, episodes: int, seed: int | None = None) -> np.ndarray:
-    """Greedy returns over whole episodes on the evaluation env: one after the other, or, on
-    Atari games, several at once."""
+    """Greedy returns of whole episodes on the evaluation env: one after another, or Atari games at once."""
     if isinstance(env, AtariGames):
         returns = run_games(env, functools.partial(greedy_actions, q_values), episodes, seed)
     else:
@@ -427,22 +382,18 @@ def evaluate_periodically(args: argparse.Namespace, state: TrainingState, q_valu
 
 
 # --------------------------------------------------------------------- playing a saved model
-
-
-def play(args: argparse.Namespace) -> None:
+def play(args: argparse.Namespace) -> int:
     """--model PATH with --view, --eval, --video and/or --gif: the greedy action at every step."""
     use_threads(tf, args.threads)
     q_values = QValues(load_model(args.model, make_env(args.env)))  # check it before writing anything
     play_saved(args, play_env(args.env, args.view, args.video, args.gif),
                lambda obs: int(greedy_actions(q_values, obs[None])[0]))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.model:
-        play(args)
-        return 0
-    return train_and_report(args, "dqn", train)
+    return play(args) if args.model else train_and_report(args, "dqn", train)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,8 @@ import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
-from plumbing.atomic import remove_leftovers, write_atomically
-from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
 from loggers import Averages, TensorBoardLogger
+from plumbing.atomic import remove_leftovers, write_atomically
 from plumbing.bookkeeping import (
     CtrlC,
     Progress,
@@ -40,6 +39,7 @@ from plumbing.bookkeeping import (
     train_and_report,
     write_summary,
 )
+from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
 from plumbing.settings import fail, is_atari, parse_args
 
 MAX_CELLS = 10_000_000  # 80 MB of table per action beyond this: lower --bins

@@ -52,9 +52,9 @@ def resume(run_dir: Path, state, epsilon_at: Callable[[int], float]) -> None:
     """--resume: the checkpoint into `state`, leftovers of a write a crash cut short removed."""
     load_checkpoint(run_dir, state)
     remove_leftovers(run_dir)
-    print(f"resuming {run_dir} at step {state.progress.step}: epsilon {epsilon_at(state.progress.step):.3f}, {len(state.replay)} "
-          f"transitions in replay, {tf.config.threading.get_intra_op_parallelism_threads()} TensorFlow threads",
-          flush=True)
+    step, threads = state.progress.step, tf.config.threading.get_intra_op_parallelism_threads()
+    print(f"resuming {run_dir} at step {step}: epsilon {epsilon_at(step):.3f}, {len(state.replay)} transitions in "
+          f"replay, {threads} TensorFlow threads", flush=True)
 
 
 def snapshot(run_dir: Path, state, clock: bookkeeping.Stopwatch, bar) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import run_main, scalars
 
-from plumbing.envs import AtariGames, make_env, run_games
 from frame_replay import FrameReplayBuffer
+from plumbing.envs import AtariGames, make_env, run_games
 from plumbing.keras_files import load_model
 from run import store
 

@@ -1,5 +1,6 @@
 """The algorithm's pieces on small hand-made inputs, in process."""
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -10,11 +11,19 @@ import tensorflow as tf
 
 import run
 from plumbing import dqn_files
+from plumbing.envs import make_env
 from plumbing.fast_acting import QValues
-from run import Dueling, create_model, epsilon_greedy, greedy_actions
+from plumbing.keras_files import load_model, save_model
 from replay_buffer import Batch, ReplayBuffer
+from run import Dueling, create_model, epsilon_greedy, greedy_actions
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def epsilon(step: int, start: float, end: float, steps: int, schedule: str = "linear", decay: float = 1.0) -> float:
+    """run.epsilon_at with these settings."""
+    return run.epsilon_at(step, argparse.Namespace(epsilon_start=start, epsilon_end=end, epsilon_steps=steps,
+                                                   epsilon_schedule=schedule, epsilon_decay=decay))
 
 
 @pytest.fixture
@@ -106,12 +115,12 @@ def test_update_returns_the_updated_weights(model):
 
 
 def test_epsilon_schedule():
-    assert run.epsilon_at(0, 1.0, 0.1, 100) == 1.0
-    assert run.epsilon_at(50, 1.0, 0.1, 100) == pytest.approx(0.55)
-    assert run.epsilon_at(100, 1.0, 0.1, 100) == pytest.approx(0.1)
-    assert run.epsilon_at(10_000, 1.0, 0.1, 100) == pytest.approx(0.1)
-    assert run.epsilon_at(30, 0.2, 0.2, 100) == 0.2  # constant epsilon: start = end
-    assert run.epsilon_at(0, 1.0, 0.3, 0) == 0.3
+    assert epsilon(0, 1.0, 0.1, 100) == 1.0
+    assert epsilon(50, 1.0, 0.1, 100) == pytest.approx(0.55)
+    assert epsilon(100, 1.0, 0.1, 100) == pytest.approx(0.1)
+    assert epsilon(10_000, 1.0, 0.1, 100) == pytest.approx(0.1)
+    assert epsilon(30, 0.2, 0.2, 100) == 0.2  # constant epsilon: start = end
+    assert epsilon(0, 1.0, 0.3, 0) == 0.3
 
 
 def test_epsilon_greedy_action(model):
@@ -123,13 +132,17 @@ def test_epsilon_greedy_action(model):
 
 
 def test_snapshot_round_trip_keras_and_h5(tmp_path, model):
+    """save_model writes a snapshot (crash-safely) that load_model reads back, checked against the env,
+    with the same Q-values."""
     obs = np.random.default_rng(0).normal(size=(20, 2)).astype(np.float32)
     ones = np.ones((20, 3), np.float32)
     expected = model([obs, ones]).numpy()
+    env = make_env("MountainCar-v0")  # 2 numbers per observation, 3 actions: the model's shapes
     for name in ("q.keras", "q.h5"):
-        model.save(tmp_path / name)
-        loaded = keras.models.load_model(tmp_path / name, compile=False)
+        save_model(model, tmp_path / name)
+        loaded = load_model(str(tmp_path / name), env)
         np.testing.assert_array_equal(loaded([obs, ones]).numpy(), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.h5", "q.keras"]  # no temporary file left
 
 
 def test_checkpoint_round_trip(tmp_path, model):
@@ -190,20 +203,37 @@ def test_update_target_is_polyak_averaging_and_a_copy_at_tau_1():
         np.testing.assert_array_equal(t, o)
 
 
-def test_update_with_tau_moves_the_target_every_gradient_step(model):
-    target = create_model(2, 3, 16, 1e-2, 10.0)
+def test_update_with_tau_moves_the_target_after_every_gradient_step(model):
+    """With --tau the target follows the online weights after each of the call's G steps:
+    t_k = tau * o_k + (1 - tau) * t_k-1. Updating once per call (t = tau * o_3 + (1 - tau) * t_0)
+    would give other weights."""
+    target, tau = create_model(2, 3, 16, 1e-2, 10.0), 0.5
     buf, rng = random_replay(100)
-    start = target.get_weights()
-    run.make_update(model, target, tau=1.0)(buf.sample(rng, (3, 16)))
-    for t, o in zip(target.get_weights(), model.get_weights(), strict=True):
-        np.testing.assert_array_equal(t, o)  # tau = 1 is a hard copy after every step
-    assert not np.array_equal(start[0], target.get_weights()[0])
+    batch = buf.sample(rng, (3, 16))
+    # The online weights after each step: the targets y are computed at the start of the call, so a copy
+    # stepped one minibatch at a time against the frozen target (tau None) goes through the same o_1, o_2, o_3.
+    twin, frozen = create_model(2, 3, 16, 1e-2, 10.0), create_model(2, 3, 16, 1e-2, 10.0)
+    twin.set_weights(model.get_weights())
+    frozen.set_weights(target.get_weights())
+    step = run.make_update(twin, frozen)
+    online = []
+    for i in range(3):
+        step(Batch(*(field[i:i + 1] for field in batch[:6])))
+        online.append(twin.get_weights())
+    expected = target.get_weights()
+    for o in online:
+        expected = [tau * ow + (1 - tau) * tw for ow, tw in zip(o, expected, strict=True)]
+    once = [tau * ow + (1 - tau) * tw for ow, tw in zip(online[-1], target.get_weights(), strict=True)]
+    run.make_update(model, target, tau=tau)(batch)
+    for t, e in zip(target.get_weights(), expected, strict=True):
+        np.testing.assert_allclose(t, e, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(target.get_weights()[0], once[0], rtol=1e-5, atol=1e-6)
 
 
 def test_exponential_epsilon_schedule():
-    assert run.epsilon_at(0, 1.0, 0.05, 0, "exponential", 0.99) == 1.0
-    assert run.epsilon_at(10, 1.0, 0.05, 0, "exponential", 0.99) == pytest.approx(0.99**10)
-    assert run.epsilon_at(10_000, 1.0, 0.05, 0, "exponential", 0.99) == 0.05  # floored at the end value
+    assert epsilon(0, 1.0, 0.05, 0, "exponential", 0.99) == 1.0
+    assert epsilon(10, 1.0, 0.05, 0, "exponential", 0.99) == pytest.approx(0.99**10)
+    assert epsilon(10_000, 1.0, 0.05, 0, "exponential", 0.99) == 0.05  # floored at the end value
 
 
 @pytest.mark.parametrize("mode, expected", [("avg", [[0.0, 2.0, 4.0]]), ("max", [[-2.0, 0.0, 2.0]])])

@@ -29,13 +29,13 @@ def test_sample_shape_and_only_valid_transitions():
     np.testing.assert_array_equal(batch.reward, -batch.obs[..., 0])
 
 
-def test_sampling_is_uniform():
-    buf = ReplayBuffer(10, (1,))
-    fill_values = np.arange(10)
-    for v in fill_values:
-        buf.add([v], 0, 0.0, [v], False, 0.99)
-    counts = np.bincount(buf.sample(np.random.default_rng(1), 100_000).obs[:, 0].astype(int), minlength=10)
-    assert counts.min() > 9_500 and counts.max() < 10_500
+def test_sampling_is_uniform_over_the_stored_transitions():
+    buf = ReplayBuffer(20, (1,))
+    for v in range(10):  # half full: the other 10 slots hold zeros that must never be drawn
+        buf.add([v + 1], 0, 0.0, [v + 1], False, 0.99)
+    counts = np.bincount(buf.sample(np.random.default_rng(1), 100_000).obs[:, 0].astype(int), minlength=21)
+    assert counts[0] == 0 and not counts[11:].any()  # no empty slot
+    assert counts[1:11].min() > 9_500 and counts[1:11].max() < 10_500
 
 
 def save_and_load(buf, path):

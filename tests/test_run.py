@@ -7,12 +7,14 @@ import re
 import shutil
 
 import gymnasium as gym
-import keras
 import numpy as np
 import pytest
 from conftest import FIXTURES, checkpoint_state, run_main, scalars, summary
 
-from plumbing.envs import run_episodes
+from plumbing.envs import make_env, run_episodes
+from plumbing.fast_acting import QValues
+from plumbing.keras_files import load_model
+from plumbing.settings import parse_args
 from run import epsilon_at
 
 
@@ -32,7 +34,7 @@ def test_training_writes_snapshots_summary_and_curves(trained_run):
     assert lengths == [200.0] * 15 and returns == [-200.0] * 15
     assert curves["eval/mean_return"] == [tuple(e) for e in s["evals"]]
     assert curves["eval/final_mean_return"] == [(3000, pytest.approx(s["final_eval_mean"]))]
-    assert curves["train/epsilon"] == [(2000, pytest.approx(epsilon_at(2000, 1.0, 0.02, 20_000)))]
+    assert curves["train/epsilon"] == [(2000, pytest.approx(epsilon_at(2000, parse_args([]))))]
     assert {"train/loss", "train/td_error", "train/target_distance", "perf/steps_per_second", "perf/rss_mb",
             "eval/avg_max_q"} <= set(curves)
     assert not {"train/is_weight", "train/tau"} & set(curves)  # only logged when --prioritized / --tau are on
@@ -90,8 +92,13 @@ def test_same_seed_gives_identical_results(tmp_path):
 def test_h5_video_and_gif(trained_run, tmp_path, capsys):
     import imageio.v3 as iio
 
-    keras.models.load_model(trained_run / "final.keras").save(tmp_path / "q.h5")
-    assert eval_line(capsys, "--model", tmp_path / "q.h5", "--episodes", "2") <= -100
+    env = make_env("MountainCar-v0")
+    final = load_model(str(trained_run / "final.keras"), env)
+    final.save(tmp_path / "q.h5")
+    obs = np.random.default_rng(0).uniform(-1, 1, size=(50, 2)).astype(np.float32)
+    np.testing.assert_array_equal(QValues(load_model(str(tmp_path / "q.h5"), env))(obs), QValues(final)(obs))
+    played = eval_line(capsys, "--model", tmp_path / "q.h5", "--episodes", "3", "--seed", "10000")
+    assert played == pytest.approx(summary(trained_run)["final_eval_mean"], abs=0.05)  # the final evaluation's states
     assert run_main("--model", trained_run / "final.keras", "--video", tmp_path / "videos", "--gif",
                     tmp_path / "agent.gif", "--episodes", "1") == 0
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
@@ -126,7 +133,9 @@ def test_env_preset_trains_and_plays(tmp_path, capsys, env):
     s = summary(tmp_path / "p")
     assert s["env"] == env and s["steps"] == 1000 and len(s["evals"]) == 1
     assert json.loads((tmp_path / "p" / "args.json").read_text())["eval_every"] == 1000  # the flag beat the preset
-    eval_line(capsys, "--env", env, "--model", tmp_path / "p" / "final.keras", "--episodes", "1")
+    played = eval_line(capsys, "--env", env, "--model", tmp_path / "p" / "final.keras", "--episodes", "1",
+                       "--seed", "10000")  # the final evaluation's start state: the same episode, the same return
+    assert played == pytest.approx(s["final_eval_mean"], abs=0.05)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_snapshot(tmp_path, capsys):
