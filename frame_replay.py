@@ -2,7 +2,7 @@
 
 A stack of 4 frames shares 3 of them with the stack before it, and a transition's next
 observation shares 3 with its observation; storing stacks whole keeps every frame 8 times
-(~56 KB a transition instead of ~7 KB). Here each env of the vector env writes its own stream
+(docs/atari.md has the sizes). Here each env of the vector env writes its own stream
 of steps into its own part of the ring:
 
     slot:  pad pad pad  s0   s1   s2  ...  sT-1  final | pad pad pad  s0' ...

@@ -175,8 +175,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self.unwritten = []  # slots of new transitions whose priority is not in the tree yet
 
     def add(self, *transition) -> None:
-        # Writing one priority into the tree costs ~0.1 ms (a numpy call per level), a third of
-        # an env step's budget; so new transitions are written all at once when the tree is next read.
+        # Writing one priority into the tree is a numpy call per level, slow beside an env step;
+        # so new transitions are written all at once when the tree is next read.
         self.unwritten.append(self.next)
         super().add(*transition)
 

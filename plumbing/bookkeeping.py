@@ -80,7 +80,7 @@ class Progress:
     step: int = 0
     episode: int = 0
     train_seconds: float = 0.0  # the training loop's time, evaluations included, over all sessions
-    compile_seconds: float = 0.0  # the update's one-time XLA compilation, per session
+    compile_seconds: float = 0.0  # the update's one-time tracing (and XLA compilation of a dense net), per session
     wall_seconds: float = 0.0  # process start to end, over all sessions
     evals: list = field(default_factory=list)  # [step, mean return] of each periodic evaluation
     first_solved_step: int | None = None
@@ -190,7 +190,7 @@ def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: 
     summary = dict(
         env=args.env, seed=args.seed, status=status, steps=p.step, episodes=p.episode,
         wall_seconds=round(p.wall_seconds, 2), train_seconds=round(p.train_seconds, 2),
-        # Training throughput, without the one-time XLA compilation (reported separately).
+        # Training throughput, without the update's one-time tracing and compilation (reported separately).
         steps_per_second=round(p.step / max(p.train_seconds - p.compile_seconds, 1e-9), 1),
         compile_seconds=round(p.compile_seconds, 2),
         final_eval_mean=None, final_eval_std=None, final_eval_episodes=0,

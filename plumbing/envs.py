@@ -106,8 +106,8 @@ def episode_info(info: dict, ended: np.ndarray, returns: np.ndarray, lengths: np
 
 
 class OneEnv:
-    """A single env behind that interface. Gymnasium's SyncVectorEnv does the same but costs
-    ~10 us per step, a few percent of a classic-control training step."""
+    """A single env behind that interface. Gymnasium's SyncVectorEnv does the same, at a cost per
+    step that slows a classic-control training by several percent (docs/results.md)."""
     num_envs = 1
 
     def __init__(self, env: gym.Env):

@@ -26,7 +26,7 @@ def fail(message: str) -> None:
 
 
 # Tuned settings per env, on top of the defaults below (which are MountainCar-v0's); a flag
-# given on the command line still wins. Chosen with bench.py over seeds 0-9 (README, issue 11).
+# given on the command line still wins. Chosen with bench.py over seeds 0-9 (docs/results.md).
 PRESETS = {
     "MountainCar-v0": {},
     "CartPole-v1": dict(steps=30_000),
@@ -117,7 +117,7 @@ def make_parser(algo: str = "dqn") -> Parser:
     add_evaluation_flags(p.add_argument_group("evaluation, logging and snapshots"))
     add_play_flags(p.add_argument_group("playing a saved model"), ".npy table" if algo == "tabular" else
                    ".keras or .h5 snapshot")
-    if algo == "tabular":  # ~20 times faster per step than DQN: fewer files, the same number of points
+    if algo == "tabular":  # many times faster per step than DQN: fewer files, the same number of points
         p.set_defaults(steps=1_500_000, eval_every=50_000, snapshot_every=100_000, log_every=20_000)
     elif algo in POLICY_GRADIENTS:  # CartPole's evaluation episodes last up to 500 steps: fewer of them
         p.set_defaults(steps=300_000 if algo == "reinforce" else 200_000, eval_every=10_000, eval_episodes=20,

@@ -18,13 +18,24 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
-os.environ["SDL_VIDEODRIVER"] = "dummy"  # in-process playing renders without a screen (test_window.py has one)
+os.environ["SDL_VIDEODRIVER"] = "dummy"  # in-process playing renders without a screen (test_watching.py has one)
 from plumbing.startup import load_tensorflow  # noqa: E402
 
-tf = load_tensorflow()  # as the scripts do, before any test imports Keras: the same defaults, no start-up noise
-# One thread each, as run.py's --threads default: in-process trainings get the numerics of `python run.py`.
-tf.config.threading.set_intra_op_parallelism_threads(1)
-tf.config.threading.set_inter_op_parallelism_threads(1)
+# Test files whose code never needs TensorFlow; run alone (`pytest tests/test_replay_buffer.py`),
+# they start without loading it.
+WITHOUT_TENSORFLOW = {"test_replay_buffer.py", "test_frame_replay.py", "test_settings.py", "test_tabular.py",
+                      "test_bench.py", "test_ray_cluster.py"}
+
+
+def pytest_collectstart(collector):
+    """Before a test file that needs TensorFlow is imported: load it as the scripts do (the same
+    defaults, no start-up noise), with one thread, as run.py's --threads default, so that in-process
+    trainings get the numerics of `python run.py`. Threads can only be set before the first operation."""
+    needs = isinstance(collector, pytest.Module) and collector.path.name not in WITHOUT_TENSORFLOW
+    if needs and "tensorflow" not in sys.modules:
+        tf = load_tensorflow()
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
 def script(name: str, *args, cwd: Path, timeout: float = 300, env: dict | None = None,
@@ -42,6 +53,13 @@ def imported_modules(r: subprocess.CompletedProcess) -> set[str]:
     lines = r.stderr.splitlines()
     r.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
     return {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+
+
+def one_line_exit_2(r: subprocess.CompletedProcess, name: str) -> str:
+    """A script's process must have exited 2 with one line on stderr, `NAME: error: ...`; returns it."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{name}: error: "), r.stderr
+    return lines[0]
 
 
 def run_main(*args) -> int:

@@ -299,7 +299,7 @@ def test_update_scales_each_transition_by_its_importance_weight():
 
 
 def test_policy_calls_other_networks_through_one_compiled_function():
-    """A snapshot written before the layers were named (tests/fixtures, from the base of issue 9)
+    """A snapshot written before the layers were named (tests/fixtures/old-run-unnamed-layers)
     has no hidden_0/q layers: the policy then calls the network itself, with the same answers."""
     old = keras.models.load_model(FIXTURES / "old-run-unnamed-layers" / "step_1408.keras", compile=False)
     assert [layer.name for layer in old.layers if "dense" in layer.name] == ["dense", "dense_1", "dense_2"]

@@ -1,5 +1,5 @@
 """Faults from outside: a full disk, a read-only or wrong --logdir, an env that returns NaN
-(resume directories that cannot be continued are in test_run.py). Each gets one clear line (or a clean stop) and
+(resume directories that cannot be continued are in test_bad_input.py). Each gets one clear line (or a clean stop) and
 leaves no half-written file.
 
 The full and read-only disks are real: a small tmpfs mounted in a private mount namespace

@@ -1,4 +1,4 @@
-"""Our curves as users see them: a real TensorBoard server over HTTP (test_run.py reads the
+"""Our curves as users see them: a real TensorBoard server over HTTP (test_training.py reads the
 event files with TensorBoard's own reader)."""
 
 import json

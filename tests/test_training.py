@@ -1,15 +1,19 @@
-"""run.py's main in this process, as `python run.py` runs it: real trainings, their files and
-curves, playing snapshots, resuming, and the one-line errors that need TensorFlow (model files,
-run directories). test_cli.py runs the scripts as separate processes."""
+"""A training as users run it: real trainings (run.py's main in this process, as `python run.py`
+runs it, or a real process where only a process shows the point: Ctrl-C, what reaches the
+terminal), their files and curves, learning, playing snapshots back, resuming."""
 
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import FIXTURES, checkpoint_state, run_main, scalars, summary
+from conftest import FIXTURES, ROOT, checkpoint_state, run_main, scalars, script, summary
 
 from plumbing.envs import make_env, run_episodes
 from plumbing.fast_acting import QValues
@@ -164,96 +168,44 @@ def test_a_run_from_before_the_restructuring_resumes_and_plays(tmp_path, capsys)
     assert eval_line(capsys, "--model", run_dir / "step_1408.keras", "--episodes", "2") == -200.0
 
 
-# ------------------------------------------------------------------- bad input, one line
+@pytest.mark.slow
+def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
+    cmd = [sys.executable, str(ROOT / "run.py"), "--steps", "8000", "--learning-starts", "500",
+           "--snapshot-every", "2000", "--eval-every", "4000", "--eval-episodes", "2", "--final-eval-episodes", "2",
+           "--threads", "2", "--name", "int"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "runs" / "int"
+    deadline = time.time() + 120
+    while not (run_dir / "step_2000.keras").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "--resume" in err, err
+    s = summary(run_dir)
+    assert s["status"] == "interrupted" and 2000 <= s["steps"] < 8000
+    assert (run_dir / f"step_{s['steps']}.keras").is_file()
+    assert checkpoint_state(run_dir)["step"] == s["steps"]
+
+    r = script("run.py", "--resume", run_dir, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "2 TensorFlow threads" in r.stdout  # the run's own --threads, not the command line's default (1)
+    s2 = summary(run_dir)
+    assert s2["status"] == "finished" and s2["steps"] == 8000 and (run_dir / "final.keras").is_file()
+    assert s2["episodes"] > s["episodes"] and [e[0] for e in s2["evals"]] == [4000, 8000]
+    assert s2["train_seconds"] > s["train_seconds"]
 
 
-@pytest.fixture(scope="module")
-def bad_files(tmp_path_factory):
-    """Files that are not usable models for MountainCar."""
-    from run import create_model
-
-    d = tmp_path_factory.mktemp("bad")
-    (d / "bad.keras").write_bytes(b"not a zip file")
-    (d / "notes.txt").write_text("hello")
-    create_model(4, 2, 8, 1e-3, 1.0).save(d / "cartpole.keras")  # CartPole's 4 inputs, 2 actions
-    whole = (d / "cartpole.keras").read_bytes()
-    (d / "truncated.keras").write_bytes(whole[:len(whole) // 2])  # what a crash mid-write used to leave
-    return d
-
-
-def one_line_error(capsys, *args) -> str:
-    """run.main must exit 2 with exactly one line on stderr; returns it."""
-    capsys.readouterr()
-    assert run_main(*args) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in lines[0], lines
-    return lines[0]
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--model", "nope.keras", "--view"], "no model file at nope.keras"),
-    (["--model", "BAD/cartpole.keras", "--video", "videos"], "pass the --env it was trained on"),
-    (["--model", "BAD/bad.keras", "--eval"], "is not a loadable Keras model"),
-    (["--model", "BAD/notes.txt", "--eval"], "is not a loadable Keras model"),
-    (["--model", "BAD/truncated.keras", "--eval"], "is not a loadable Keras model"),
-    (["--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
-    (["--env", "Pendulum-v1"], "DQN needs Discrete actions"),
-    (["--resume", "runs/none"], "has no resume state"),
-])
-def test_bad_model_env_or_run_dir_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, bad_files, args,
-                                                                  message):
-    monkeypatch.chdir(tmp_path)
-    assert message in one_line_error(capsys, *[a.replace("BAD", str(bad_files)) for a in args])
-    assert list(tmp_path.iterdir()) == []  # nothing written, not even runs/
-
-
-def test_existing_run_name_is_refused(trained_run, capsys):
-    assert "already exists" in one_line_error(capsys, "--logdir", trained_run.parent, "--name", "short")
-
-
-@pytest.fixture(scope="module")
-def unfinished_run(tmp_path_factory):
-    """A run directory as a crash after its second checkpoint leaves it: no summary.json."""
-    logdir = tmp_path_factory.mktemp("unfinished")
-    assert run_main("--steps", "1000", "--learning-starts", "200", "--eval-every", "0", "--snapshot-every", "500",
-                    "--final-eval-episodes", "0", "--logdir", logdir, "--name", "u") == 0
-    (logdir / "u" / "summary.json").unlink()
-    return logdir / "u"
-
-
-def spoil_args(key: str, value):
-    def spoil(run_dir):
-        args = json.loads((run_dir / "args.json").read_text())
-        (run_dir / "args.json").write_text(json.dumps({**args, key: value}))
-    return spoil
-
-
-def truncate_checkpoint(run_dir):
-    data = (run_dir / "checkpoint.npz").read_bytes()
-    (run_dir / "checkpoint.npz").write_bytes(data[:len(data) // 2])
-
-
-def older_layout(run_dir):
-    (run_dir / "checkpoint.npz").unlink()
-    (run_dir / "resume").mkdir()
-    (run_dir / "resume" / "state.json").write_text('{"step": 500}')
-
-
-def no_checkpoint_yet(run_dir):
-    (run_dir / "checkpoint.npz").unlink()
-
-
-@pytest.mark.parametrize("spoil, message", [
-    (spoil_args("buffer_size", 4000), "the saved replay has capacity 50000, this run uses 4000"),
-    (spoil_args("env", "CartPole-v1"), "checkpoint.npz cannot be resumed"),  # another env's network shapes
-    (truncate_checkpoint, "checkpoint.npz cannot be resumed (BadZipFile"),
-    (older_layout, "was written by an older run.py"),
-    (no_checkpoint_yet, "has no complete checkpoint yet"),
-])
-def test_resume_of_a_directory_that_cannot_continue_is_one_line(tmp_path, capsys, unfinished_run, spoil, message):
-    run_dir = tmp_path / "u"
-    shutil.copytree(unfinished_run, run_dir)
-    spoil(run_dir)
-    before = {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
-    assert message in one_line_error(capsys, "--resume", run_dir)
-    assert {p.name: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before  # nothing written
+@pytest.mark.slow
+@pytest.mark.parametrize("onednn", [None, "1"])  # unset: run.py's own default (off); 1: TensorFlow's on AVX-512
+def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn):
+    """On any CPU, with oneDNN on or off: no TensorFlow start-up lines, only the progress bars
+    (stderr) and the project's own lines (stdout)."""
+    r = script("run.py", "--steps", "1000", "--learning-starts", "200", "--eval-every", "1000", "--eval-episodes", "1",
+               "--final-eval-episodes", "1", "--log-every", "500", "--snapshot-every", "500", "--name", "clean",
+               cwd=tmp_path, env={"TF_ENABLE_ONEDNN_OPTS": onednn})
+    assert r.returncode == 0, r.stderr
+    own = ("replay: ", "episode ", "saved step_", "final eval: ", "1000 steps and 800 gradient steps in ")
+    assert all(line.startswith(own) for line in r.stdout.splitlines()), r.stdout
+    assert sum(line.startswith("saved step_") for line in r.stdout.splitlines()) == 2
+    bars = [seg for seg in re.split(r"[\r\n]|\x1b\[A", r.stderr) if seg.strip()]
+    assert bars and all(re.match(r"(train|eval): +\d+%\|", seg) for seg in bars), r.stderr

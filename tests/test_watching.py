@@ -1,11 +1,13 @@
-"""Watching in a real window: see.py and run.py --view on a real X server (Xvfb), checked with
-screenshots of the screen taken by xwd while the episodes play. No SDL_VIDEODRIVER=dummy here.
+"""Watching: see.py's random agent recorded without TensorFlow, and see.py and run.py --view in
+a real window on a real X server (Xvfb), checked with screenshots taken by xwd while the episodes
+play (no SDL_VIDEODRIVER=dummy there).
 
-Needs Debian's xvfb and x11-apps (`.ci/run` installs them). Without them the tests are skipped,
-except under CI=true, where that is a failure.
+The window tests need Debian's xvfb and x11-apps (`.ci/run` installs them). Without them they are
+skipped, except under CI=true, where that is a failure.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,14 +15,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, imported_modules, script
 
 MISSING = [tool for tool in ("Xvfb", "xwd") if shutil.which(tool) is None]
 if MISSING and os.environ.get("CI") == "true":
     raise RuntimeError(f"{' and '.join(MISSING)} not found: CI must test the window on a real X server "
                        "(apt-get install xvfb x11-apps)")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(bool(MISSING), reason="needs Xvfb and xwd (apt-get install xvfb x11-apps)")]
+needs_x = pytest.mark.skipif(bool(MISSING), reason="needs Xvfb and xwd (apt-get install xvfb x11-apps)")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,8 @@ def play_in_window(display: str, script: str, *args) -> tuple[subprocess.Complet
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), shots
 
 
+@pytest.mark.slow
+@needs_x
 def test_see_plays_in_a_real_window(display, tmp_path):
     assert not mountain_car_on_screen(screenshot(display))  # nothing shown before
     r, shots = play_in_window(display, "see.py", "--episodes", "1")
@@ -96,6 +99,8 @@ def test_see_plays_in_a_real_window(display, tmp_path):
     assert not mountain_car_on_screen(screenshot(display))  # and the window is gone
 
 
+@pytest.mark.slow
+@needs_x
 def test_view_plays_a_trained_model_in_a_real_window(display, trained_run):
     r, shots = play_in_window(display, "run.py", "--model", trained_run / "final.keras", "--view",
                               "--episodes", "1")
@@ -104,6 +109,7 @@ def test_view_plays_a_trained_model_in_a_real_window(display, trained_run):
     assert sum(map(mountain_car_on_screen, shots)) >= 3, "the window never showed MountainCar"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args", [("see.py", []), ("run.py", ["--model", "MODEL", "--view"])])
 def test_a_display_without_a_server_is_a_clear_error(trained_run, tmp_path, script, args):
     args = [str(trained_run / "final.keras") if a == "MODEL" else a for a in args]
@@ -112,3 +118,19 @@ def test_a_display_without_a_server_is_a_clear_error(trained_run, tmp_path, scri
                        env=env, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "cannot open a window" in lines[0], r.stderr
+
+
+def test_see_random_agent_records_video_without_loading_tensorflow(tmp_path):
+    r = script("see.py", "--episodes", "1", "--video", "v", "--seed", "3", cwd=tmp_path,
+               env={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = imported_modules(r)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "episode 1: return -200.0" in r.stdout  # a random agent never reaches the flag in 200 steps
+    assert len(list((tmp_path / "v").glob("*.mp4"))) == 1
+    assert "gymnasium" in imported and not {"tensorflow", "keras"} & imported
+
+
+def test_see_plays_an_atari_game_without_the_emulators_greeting(tmp_path):
+    r = script("see.py", "--env", "ALE/Pong-v5", "--episodes", "1", "--gif", "pong.gif", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # ale_py writes two lines from C++ at its first env
+    assert re.fullmatch(r"episode 1: return -\d+\.0\n", r.stdout) and (tmp_path / "pong.gif").is_file()
