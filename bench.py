@@ -12,7 +12,7 @@ Compare:     python bench.py --grid double=0,1 dueling=none,avg --seeds 5 --env 
 A list:      python bench.py --configs default double=1 "double=1 n-step=3" --seeds 5
 One config:  python bench.py --seeds 0 1 2 3 4 [-- extra run.py flags]
 Resume:      python bench.py --resume NAME    reruns only the trials that did not finish
-Speed and memory have their own script: speed.py.
+Speed and memory have their own script: tools/speed.py.
 """
 
 import argparse

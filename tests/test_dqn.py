@@ -60,10 +60,10 @@ def test_action_mask_selects_q_values(model):
 def test_numpy_forward_matches_keras(model):
     obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     keras_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
-    policy = QValues(model)
-    assert policy.dense  # the numpy forward pass, not the compiled fallback
-    np.testing.assert_allclose(policy(obs), keras_q, rtol=1e-5, atol=1e-6)
-    assert int(greedy_actions(policy, obs[0][None])[0]) == int(np.argmax(keras_q[0]))
+    q_values = QValues(model)
+    assert q_values.dense  # the numpy forward pass, not the compiled fallback
+    np.testing.assert_allclose(q_values(obs), keras_q, rtol=1e-5, atol=1e-6)
+    assert int(greedy_actions(q_values, obs[0][None])[0]) == int(np.argmax(keras_q[0]))
 
 
 def test_bellman_target_bootstraps_through_truncation_not_termination():
@@ -108,10 +108,10 @@ def test_update_returns_the_updated_weights(model):
     _, _, weights = run.make_update(model, target)(buf.sample(rng, (2, 16)))
     for returned, current in zip(weights, model.get_weights(), strict=True):
         np.testing.assert_array_equal(returned.numpy(), current)
-    policy = QValues(model)
-    policy.refresh(weights)  # what the training loop does after each call
+    q_values = QValues(model)
+    q_values.refresh(weights)  # what the training loop does after each call
     obs = buf.obs[:10]
-    np.testing.assert_allclose(policy(obs), model([obs, np.ones((10, 3), np.float32)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(q_values(obs), model([obs, np.ones((10, 3), np.float32)]), rtol=1e-5, atol=1e-6)
 
 
 def test_epsilon_schedule():
@@ -124,10 +124,10 @@ def test_epsilon_schedule():
 
 
 def test_epsilon_greedy_action(model):
-    policy, obs, rng = QValues(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
-    greedy = int(greedy_actions(policy, obs[None])[0])
-    assert all(epsilon_greedy(policy, obs[None], 0.0, rng)[0] == greedy for _ in range(100))
-    counts = np.bincount([epsilon_greedy(policy, obs[None], 1.0, rng)[0] for _ in range(3000)], minlength=3)
+    q_values, obs, rng = QValues(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
+    greedy = int(greedy_actions(q_values, obs[None])[0])
+    assert all(epsilon_greedy(q_values, obs[None], 0.0, rng)[0] == greedy for _ in range(100))
+    counts = np.bincount([epsilon_greedy(q_values, obs[None], 1.0, rng)[0] for _ in range(3000)], minlength=3)
     assert counts.min() > 900  # uniform over the 3 actions
 
 
@@ -298,17 +298,17 @@ def test_update_scales_each_transition_by_its_importance_weight():
     assert bias[0] > 0 and bias[1] > 0
 
 
-def test_policy_calls_other_networks_through_one_compiled_function():
+def test_q_values_of_other_networks_come_from_one_compiled_function():
     """A snapshot written before the layers were named (tests/fixtures/old-run-unnamed-layers)
-    has no hidden_0/q layers: the policy then calls the network itself, with the same answers."""
+    has no hidden_0/q layers: QValues then calls the network itself, with the same answers."""
     old = keras.models.load_model(FIXTURES / "old-run-unnamed-layers" / "step_1408.keras", compile=False)
     assert [layer.name for layer in old.layers if "dense" in layer.name] == ["dense", "dense_1", "dense_2"]
-    policy = QValues(old)
+    q_values = QValues(old)
     obs = np.random.default_rng(0).uniform(-1, 1, size=(20, 2)).astype(np.float32)
     expected = old([obs, np.ones((20, 3), np.float32)]).numpy()
-    assert not policy.dense
-    np.testing.assert_allclose(policy(obs), expected, rtol=1e-6)
-    assert [int(greedy_actions(policy, o[None])[0]) for o in obs] == list(expected.argmax(axis=1))
+    assert not q_values.dense
+    np.testing.assert_allclose(q_values(obs), expected, rtol=1e-6)
+    assert [int(greedy_actions(q_values, o[None])[0]) for o in obs] == list(expected.argmax(axis=1))
 
 
 @pytest.mark.parametrize("loss", ["mse", "huber"])
@@ -340,28 +340,28 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     taken = model([frames, np.eye(6, dtype=np.float32)[[0, 3, 5, 1, 2]]]).numpy()
     np.testing.assert_allclose(taken.sum(axis=1), q[np.arange(5), [0, 3, 5, 1, 2]], rtol=1e-5)
     assert np.count_nonzero(taken) <= 5  # every other action masked to 0
-    policy = QValues(model)
-    assert not policy.dense  # no numpy path for convolutions: one compiled call
-    np.testing.assert_allclose(policy(frames), q, rtol=1e-5)
-    assert int(greedy_actions(policy, frames[2][None])[0]) == int(np.argmax(q[2]))
+    q_values = QValues(model)
+    assert not q_values.dense  # no numpy path for convolutions: one compiled call
+    np.testing.assert_allclose(q_values(frames), q, rtol=1e-5)
+    assert int(greedy_actions(q_values, frames[2][None])[0]) == int(np.argmax(q[2]))
     model.save(tmp_path / "conv.keras")
     loaded = keras.models.load_model(tmp_path / "conv.keras", compile=False)
     np.testing.assert_allclose(QValues(loaded)(frames), q, rtol=1e-5)
 
 
 def test_batched_epsilon_greedy_draws_what_the_single_env_loop_drew(model):
-    policy = QValues(model)
+    q_values = QValues(model)
     obs = np.random.default_rng(1).uniform(-1, 1, size=(200, 2)).astype(np.float32)
 
     def single_env(o, epsilon, rng):  # the single-env loop's draws: a uniform, then an action only to explore
-        return int(rng.integers(3)) if rng.random() < epsilon else int(greedy_actions(policy, o[None])[0])
+        return int(rng.integers(3)) if rng.random() < epsilon else int(greedy_actions(q_values, o[None])[0])
 
     for epsilon in (0.0, 0.3, 1.0):
         one, batched = np.random.default_rng(7), np.random.default_rng(7)
         singles = [single_env(o, epsilon, one) for o in obs]
-        batches = [int(epsilon_greedy(policy, o[None], epsilon, batched)[0]) for o in obs]
+        batches = [int(epsilon_greedy(q_values, o[None], epsilon, batched)[0]) for o in obs]
         assert singles == batches  # one env: the same actions from the same seed
-    actions = epsilon_greedy(policy, obs, 0.0, np.random.default_rng(0))
-    np.testing.assert_array_equal(actions, np.argmax(policy(obs), axis=1))
-    random_share = np.mean(epsilon_greedy(policy, obs, 0.5, np.random.default_rng(0)) != actions)
+    actions = epsilon_greedy(q_values, obs, 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(actions, np.argmax(q_values(obs), axis=1))
+    random_share = np.mean(epsilon_greedy(q_values, obs, 0.5, np.random.default_rng(0)) != actions)
     assert 0.2 < random_share < 0.45  # half explore, and a third of those pick the greedy action anyway
