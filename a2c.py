@@ -34,8 +34,7 @@ import numpy as np
 
 import policy_gradient
 from plumbing.envs import make_env
-from plumbing.fast_acting import ActorCritic
-from policy_gradient import Batch, discounted_returns
+from policy_gradient import ActorCritic, Batch, discounted_returns
 
 
 def rollouts(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Generator, seed: int) -> Iterator[Batch]:

@@ -93,3 +93,10 @@ def log_training(log: TensorBoardLogger, bar, progress, averages: Averages, last
     epsilon = f"  epsilon {scalars['train/epsilon']:.3f}" if "train/epsilon" in scalars else ""
     bar.write(f"episode {progress.episode:5d}  step {progress.step:7d}  loss {means['loss']:8.4f}  "
               f"return {last_return:7.1f}{epsilon}  {sps:6.0f} steps/s  {rss:4.0f} MiB")
+
+
+def weight_distance(model, target) -> float:
+    """Mean |online - target| weight difference (train/target_distance): a sawtooth with hard target
+    copies, smooth with Polyak averaging."""
+    return float(np.mean([np.abs(w - t).mean() for w, t in zip(model.get_weights(), target.get_weights(),
+                                                                strict=True)]))

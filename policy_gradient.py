@@ -37,7 +37,6 @@ from loggers import Averages, TensorBoardLogger
 from plumbing import bookkeeping as runs
 from plumbing.atomic import remove_leftovers
 from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
-from plumbing.fast_acting import HIDDEN_LAYERS, ActorCritic
 from plumbing.keras_files import load_model, optimizer_variables, restore_optimizer, save_model
 from plumbing.settings import ALGORITHMS, fail, is_atari, parse_args
 
@@ -88,12 +87,66 @@ def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool,
         return h
 
     obs = keras.Input((obs_size,), name="obs")
-    h = torso(HIDDEN_LAYERS)
+    h = torso(["hidden_0", "hidden_1"])
     logits = keras.layers.Dense(n_actions, kernel_initializer=keras.initializers.Orthogonal(0.01), name="logits")(h)
     value = keras.layers.Dense(1, name="value")(h if shared else torso(["critic_0", "critic_1"]))
     model = keras.Model(obs, [logits, value])
     model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm))
     return model
+
+
+def dense_weights(model: keras.Model, names: list[str], values: list | None = None) -> list[tuple]:
+    """(kernel, bias) of each named dense layer as numpy arrays, from the model's trainable variables
+    (or these values of them, in the same order, as the compiled updates return them)."""
+    values = model.trainable_variables if values is None else values
+    w = {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
+    return [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in names]
+
+
+def dense_layers(layers: list[tuple], h: np.ndarray, relu_last: bool) -> np.ndarray:
+    """Dense layers (dense_weights) in numpy, one after the other, ReLU after each (and after the
+    last one only if `relu_last`)."""
+    for i, (kernel, bias) in enumerate(layers):
+        h = h @ kernel + bias
+        if relu_last or i < len(layers) - 1:
+            h = np.maximum(h, 0.0)
+    return h
+
+
+class ActorCritic:
+    """Sampled and greedy actions, and values, from an actor-critic network, in numpy on a copy of
+    its weights (refreshed after each update), with the layers found by name: acting calls it at
+    every env step, where a Keras call would cost more than the step."""
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        separate = "critic_0" in {layer.name for layer in model.layers}
+        self.actor_layers = ["hidden_0", "hidden_1", "logits"]
+        self.critic_layers = [*(["critic_0", "critic_1"] if separate else ["hidden_0", "hidden_1"]), "value"]
+        self.refresh()
+
+    def refresh(self, values: list | None = None) -> None:
+        self.actor = dense_weights(self.model, self.actor_layers, values)
+        self.critic = dense_weights(self.model, self.critic_layers, values)
+
+    def probabilities(self, obs: np.ndarray) -> np.ndarray:
+        logits = dense_layers(self.actor, obs, relu_last=False)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax, shifted so exp cannot overflow
+        return e / e.sum(axis=1, keepdims=True)
+
+    def values(self, obs: np.ndarray) -> np.ndarray:
+        """V(s) for a batch of observations."""
+        return dense_layers(self.critic, obs, relu_last=False)[:, 0]
+
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One action per row, drawn from pi(.|s): the first whose cumulative probability passes a uniform number."""
+        cumulative = self.probabilities(obs).cumsum(axis=1)
+        u = rng.random((len(obs), 1)) * cumulative[:, -1:]  # scaled: the sum may round to just under 1
+        return (cumulative <= u).sum(axis=1)
+
+    def greedy(self, obs: np.ndarray) -> int:
+        """The most probable action for one observation."""
+        return int(np.argmax(dense_layers(self.actor, obs[None], relu_last=False)[0]))
 
 
 # -------------------------------------------------------------------------- learning

@@ -5,7 +5,8 @@ breaks the correlation between consecutive steps (Mnih et al. 2015). Storing eac
 its own preallocated array keeps `add` O(1) and lets `sample` gather a whole batch with one
 fancy-indexing operation per field, with no Python loop over samples.
 
-Also here: prioritized replay on a sum-tree (--prioritized) and n-step returns (--n-step).
+Also here: prioritized replay on a sum-tree (--prioritized), n-step returns (--n-step), and `store`,
+which takes one step of the training envs into the replay.
 """
 
 from collections import deque
@@ -262,3 +263,15 @@ class StepWriter:
         for transition in self.n_steps[env].push(self.obs[env], action, reward, next_obs, terminated, truncated):
             self.replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
         self.obs[env] = next_obs
+
+
+def store(writer, actions, rewards, obs, terminated, truncated, info: dict) -> None:
+    """One step of a vector env into the replay through `writer` (a StepWriter, or a FrameReplayBuffer):
+    each env's transition; an env whose episode ended led to info["final_obs"] (Gymnasium's vector
+    envs' convention) and starts its next episode from `obs`."""
+    done = terminated | truncated
+    for env in range(len(actions)):
+        next_obs = info["final_obs"][env] if done[env] else obs[env]
+        writer.add(env, actions[env], rewards[env], next_obs, terminated[env], truncated[env])
+        if done[env]:
+            writer.start(env, obs[env])

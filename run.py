@@ -1,10 +1,9 @@
 """Deep Q-learning (DQN) with TensorFlow 2 / Keras 3 on Gymnasium: classic control, or Atari from pixels.
 
-Train: python run.py [--env CartPole-v1 | ALE/Pong-v5 ...]; watch: python run.py --model
-runs/<name>/final.keras --view (or --eval); resume: python run.py --resume runs/<name>; curves:
-tensorboard --logdir runs. Read top to bottom, in the order of the README's "DQN in one page". The
-replay is in replay_buffer.py (frame_replay.py for Atari), the curves in loggers.py; what is not DQN
-(the run's folder, crash-safe files, the checkpoint, Ctrl-C, the envs) is in plumbing/, one call away.
+Train: python run.py [--env ID]; watch: python run.py --model runs/<name>/final.keras --view (or --eval);
+resume: python run.py --resume runs/<name>. Read top to bottom, in the order of the README's "DQN in one
+page". The replay is in replay_buffer.py (frame_replay.py for Atari), the curves in loggers.py; what is
+not DQN (the run's folder, crash-safe files, the checkpoint, Ctrl-C, the envs) is in plumbing/.
 """
 
 import argparse
@@ -15,8 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from plumbing.bookkeeping import (CtrlC, Progress, Stopwatch, crossed, linear, record_evaluation, train_and_report,
-                                  write_summary)
+from plumbing.bookkeeping import CtrlC, Progress, Stopwatch, crossed, linear, record_evaluation, train_and_report
 from plumbing.settings import parse_args
 from plumbing.startup import load_tensorflow, prepare_for, use_threads
 
@@ -29,24 +27,21 @@ import numpy as np
 from tqdm import tqdm
 
 from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
-from loggers import Averages, TensorBoardLogger, log_episodes, log_training
+from loggers import Averages, TensorBoardLogger, log_episodes, log_training, weight_distance
 from plumbing import dqn_files
 from plumbing.envs import (AtariGames, finite, make_env, make_eval_env, make_training_envs, play_env, play_saved,
                            run_episodes, run_games)
-from plumbing.fast_acting import QValues
 from plumbing.keras_files import load_model
-from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter
+from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter, store
 
 # ------------------------------------------------------------------------ hyperparameters
-# Every flag with its help text, and the presets per env, are in plumbing/settings.py: see them with
-# `python run.py --help` (and `--env ID --help`). `args` holds them (the defaults are MountainCar's).
+# `args`: every flag with its help text and the presets per env, in plumbing/settings.py (`--help`).
 
 # ------------------------------------------------------------------------------ Q-network
 @keras.saving.register_keras_serializable(package="dqn")
 class Dueling(keras.layers.Layer):
-    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a'), or - max_a' A(s, a') (Wang et al. 2016).
-    Subtracting the mean (or max) makes V and A identifiable: else any constant could move between
-    them. With max, V(s) is the greedy action's value; the paper found mean more stable."""
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') (or max; Wang et al. 2016). Subtracting it makes V
+    and A identifiable: else any constant could move between them. The paper found mean more stable."""
 
     def __init__(self, mode: str = "avg", **kwargs):
         super().__init__(**kwargs)
@@ -63,10 +58,8 @@ class Dueling(keras.layers.Layer):
 
 def dense_torso(obs, units: int):
     """Two ReLU layers, for observations that are a few numbers (classic control, Box2D)."""
-    h = obs
-    for i in range(2):
-        h = keras.layers.Dense(units, activation="relu", name=f"hidden_{i}")(h)
-    return h
+    h = keras.layers.Dense(units, activation="relu", name="hidden_0")(obs)
+    return keras.layers.Dense(units, activation="relu", name="hidden_1")(h)
 
 
 def conv_torso(frames):
@@ -111,14 +104,47 @@ def epsilon_at(step: int, args: argparse.Namespace) -> float:
     return end if args.epsilon_steps == 0 else linear(start, end, step / args.epsilon_steps)
 
 
+class QValues:
+    """Q(s, .) of a batch of observations: `q_values(obs)`. Acting calls it every env step, where a Keras
+    call costs more than a classic env's step: a dense network runs in numpy on a copy of its weights
+    (refreshed after each update), any other in one compiled call. The numbers are the network's own."""
+
+    def __init__(self, model: keras.Model):
+        self.model, self.n_actions = model, int(model.output_shape[-1])
+        names = {layer.name for layer in model.layers}
+        self.dueling = model.get_layer("dueling").mode if "dueling" in names else "none"
+        self.layers = ["hidden_0", "hidden_1", *(["q"] if self.dueling == "none" else ["value", "advantage"])]
+        self.in_numpy = set(self.layers) <= names  # the layers create_model names (older snapshots' are not)
+        self.compiled = tf.function(lambda obs: model([obs, tf.ones((tf.shape(obs)[0], self.n_actions))]),
+                                    reduce_retracing=True)  # with the all-ones mask
+        self.refresh()
+
+    def refresh(self, values: list | None = None) -> None:
+        """Copy the weights (or these values of them, as the update returns them) for acting."""
+        if self.in_numpy:
+            values = self.model.trainable_variables if values is None else values
+            w = {v.path: np.asarray(x) for v, x in zip(self.model.trainable_variables, values, strict=True)}
+            self.weights = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in self.layers]
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if not self.in_numpy:
+            return self.compiled(tf.convert_to_tensor(obs, self.model.inputs[0].dtype)).numpy()
+        (k0, b0), (k1, b1), *heads = self.weights
+        h = np.maximum(np.maximum(obs @ k0 + b0, 0.0) @ k1 + b1, 0.0)  # the two ReLU layers
+        heads = [h @ kernel + bias for kernel, bias in heads]
+        if self.dueling == "none":
+            return heads[0]
+        (value, advantage), reduce = heads, np.mean if self.dueling == "avg" else np.max
+        return value + advantage - reduce(advantage, axis=1, keepdims=True)
+
+
 def greedy_actions(q_values: QValues, obs: np.ndarray) -> np.ndarray:
     """argmax_a Q(s, a) for each row of a batch of observations."""
     return np.argmax(q_values(obs), axis=1)
 
 
 def epsilon_greedy(q_values: QValues, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-    """One action per env: random with probability epsilon, otherwise greedy. One forward pass for
-    all envs, skipped when every env explores."""
+    """One action per env: random with probability epsilon, else greedy (one forward pass for all envs)."""
     explore = rng.random(len(obs)) < epsilon
     explorers = np.count_nonzero(explore)
     if explorers == len(obs):
@@ -132,13 +158,10 @@ def epsilon_greedy(q_values: QValues, obs: np.ndarray, epsilon: float, rng: np.r
 # ------------------------------------------------------------------------------- learning
 def bellman_targets(target_model: keras.Model, reward, next_obs, terminated, discount,
                     online_model: keras.Model | None = None):
-    """y = r + discount * max_a' Q_target(s', a'); no bootstrap past a true termination.
-    `discount` is gamma, or gamma**k for a k-step return (--n-step). A time-limit truncation is not a
-    termination (the car could have kept driving): it is stored with terminated = 0 and bootstraps.
-    The separate, periodically copied target network keeps y from chasing the weights being updated
-    (Mnih et al. 2015). With `online_model` (Double DQN, van Hasselt et al. 2016) the online network
-    chooses a' and the target values it: y = r + discount * Q_target(s', argmax_a' Q_online(s', a')).
-    """
+    """y = r + discount * max_a' Q_target(s', a'), with discount gamma**k for a k-step return. A true
+    termination stops the bootstrap; a time-limit truncation does not (the car could have kept driving).
+    The periodically copied target network keeps y from chasing the weights being updated (Mnih et al.
+    2015). Double DQN (`online_model`, van Hasselt et al. 2016): Q_target(s', argmax_a' Q_online(s', a'))."""
     next_obs = tf.convert_to_tensor(next_obs)
     ones = tf.ones((tf.shape(next_obs)[0], target_model.output_shape[-1]))
     q_next = target_model([next_obs, ones])
@@ -157,13 +180,11 @@ def update_target(target_model: keras.Model, model: keras.Model, tau: float = 1.
 
 
 def make_update(model: keras.Model, target_model: keras.Model, double: bool = False, tau: float | None = None):
-    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...))
-    in one call, which removes the per-call overhead that dominates a small network. Returns the mean
-    loss, each transition's |TD error| (prioritized replay's priorities) and the new weights (for the
-    numpy copy that acts). All G targets come from the networks as they are at the start of the call:
-    with hard copies the target is frozen then anyway; with --tau or --double they lag by < G steps."""
+    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...)) in one
+    call, which removes the per-call cost that dominates a small network. Returns the mean loss, each
+    transition's |TD error| and the new weights. All G targets come from the networks at the call's start
+    (with hard copies the target is frozen then anyway; with --tau or --double they lag < G steps)."""
     n_actions = model.output_shape[-1]
-
     # XLA fuses the dense network's many small ops, but slows the conv net's convolutions down (docs/atari.md).
     @tf.function(jit_compile=len(model.inputs[0].shape) == 2)
     def update(batch: Batch):
@@ -171,10 +192,8 @@ def make_update(model: keras.Model, target_model: keras.Model, double: bool = Fa
 
         def flat(x):  # (G, batch, ...) -> (G * batch, ...)
             return tf.reshape(x, tf.concat([[g * b], tf.shape(x)[2:]], 0))
-
-        online = model if double else None
         y = bellman_targets(target_model, flat(batch.reward), flat(batch.next_obs), flat(batch.terminated),
-                            flat(batch.discount), online)
+                            flat(batch.discount), model if double else None)
         y = tf.reshape(y, (g, b))
         total, td_errors = 0.0, tf.TensorArray(tf.float32, size=g)
         for i in tf.range(g):
@@ -245,21 +264,15 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     obs, _ = envs.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     status = training_loop(args, state, envs, obs, eval_env, run_dir, log)
-    final_returns, last_returns = dqn_files.finish(
-        args, state, status, run_dir, log, lambda seed: evaluate(eval_env, QValues(state.model),
-                                                                 args.final_eval_episodes, seed))
-    summary = write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
-                            eval_env.spec.reward_threshold, dict(gradient_steps=int(state.model.optimizer.iterations)))
-    for closable in (envs, eval_env, log):
-        closable.close()
-    return summary
+    envs.close()  # then last.keras, final.keras (the best evaluated weights), their evaluations, summary.json:
+    return dqn_files.finish(args, state, status, run_dir, log, eval_env,
+                            lambda seed: evaluate(eval_env, QValues(state.model), args.final_eval_episodes, seed))
 
 
 def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.ndarray, eval_env,
                   run_dir: Path, log: TensorBoardLogger) -> str:
-    """Act, store, learn, copy to the target; log, evaluate, snapshot; until the last step or Ctrl-C.
-    Each pass steps every env once (`step` counts all envs' steps) and does each periodic task as often as
-    the step passed a multiple of its period. Returns finished, interrupted, diverged or bad_env_output."""
+    """Act, store, learn, copy to the target; log, evaluate, snapshot; until the last step or Ctrl-C. Each
+    pass steps every env once and does each periodic task as often as the step passed a multiple of its period."""
     p, replay, rng, q_values = state.progress, state.replay, state.rng, QValues(state.model)
     update = make_update(state.model, state.target, args.double, args.tau)
     copy_to_target = tf.function(functools.partial(update_target, state.target, state.model))  # one call in all
@@ -311,26 +324,13 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
     return "interrupted" if ctrl_c.pressed else "finished"
 
 
-def store(writer, actions, rewards, obs, terminated, truncated, info: dict) -> None:
-    """Each env's step into the replay; an env whose episode ended starts its next one from `obs`
-    (its step led to info["final_obs"] instead)."""
-    done = terminated | truncated
-    for env in range(len(actions)):
-        next_obs = info["final_obs"][env] if done[env] else obs[env]
-        writer.add(env, actions[env], rewards[env], next_obs, terminated[env], truncated[env])
-        if done[env]:
-            writer.start(env, obs[env])
-
-
 def learn(args: argparse.Namespace, state: TrainingState, update: Callable, averages: Averages) -> list | None:
-    """Sample G minibatches and take G gradient steps in one compiled call. Returns the new
-    weights, or None if the loss is no longer finite."""
+    """Sample G minibatches, take G gradient steps in one call; the new weights, or None if the loss is not finite."""
     replay, rng, step = state.replay, state.rng, state.progress.step
     if state.validation_obs is None:
         state.validation_obs = replay.sample(rng, min(1000, len(replay))).obs
     shape = (args.gradient_steps, args.batch_size)
-    if args.prioritized:
-        # beta rises to 1 (full bias correction) as training ends and the policy settles
+    if args.prioritized:  # beta rises to 1 (full bias correction) as training ends and the policy settles
         batch = replay.sample(rng, shape, beta=args.per_beta + (1 - args.per_beta) * step / args.steps)
         averages.add(is_weight=float(batch.weight.mean()))
     else:
@@ -352,10 +352,8 @@ def learn(args: argparse.Namespace, state: TrainingState, update: Callable, aver
 def log_progress(args: argparse.Namespace, state: TrainingState, log: TensorBoardLogger, averages: Averages,
                  epsilon: float, last_return: float, bar: tqdm) -> None:
     """DQN's training curves, averaged since the last log line (docs/algorithm.md lists every tag)."""
-    distance = np.mean([np.abs(w - t).mean() for w, t in zip(state.model.get_weights(), state.target.get_weights(),
-                                                             strict=True)])  # a sawtooth with hard copies
     log_training(log, bar, state.progress, averages, last_return, {
-        "train/epsilon": epsilon, "train/target_distance": float(distance),
+        "train/epsilon": epsilon, "train/target_distance": weight_distance(state.model, state.target),
         "train/tau": float("nan") if args.tau is None else args.tau})
 
 

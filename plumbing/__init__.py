@@ -5,7 +5,6 @@ settings.py     every flag, its help and the presets per env (no TensorFlow: ben
 startup.py      loading TensorFlow the same way on every CPU, without its start-up noise
 envs.py         making envs, Atari games stepped together, playing episodes in a window, to mp4s or a GIF
 viewer.py       the window, drawn in a process of its own
-fast_acting.py  the small dense networks' forward pass in numpy, for acting at every env step
 bookkeeping.py  a run's folder, counters, checkpoint file, evaluations record, Ctrl-C, summary.json, exit code
 dqn_files.py    what run.py's checkpoint holds, its snapshots and its end-of-run files
 keras_files.py  .keras snapshots written crash-safely and read back with a one-line error

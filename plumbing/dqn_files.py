@@ -65,11 +65,23 @@ def snapshot(run_dir: Path, state, clock: bookkeeping.Stopwatch, bar) -> None:
     bar.write(f"saved step_{p.step}.keras and the checkpoint at step {p.step} ({len(state.replay)} transitions)")
 
 
-def finish(args: argparse.Namespace, state, status: str, run_dir: Path, log,
-           evaluate: Callable[[int], np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Save what the status calls for; after a finished run, evaluate the last and the final
-    weights with `evaluate(seed)` (greedy returns of the model's current weights). Returns their
-    returns (None when not evaluated)."""
+def finish(args: argparse.Namespace, state, status: str, run_dir: Path, log, eval_env,
+           evaluate: Callable[[int], np.ndarray]) -> dict:
+    """Save what the status calls for; after a finished run, evaluate the last and the final weights
+    with `evaluate(seed)` (greedy returns of the model's current weights); write summary.json, close
+    the evaluation env and the logs. Returns the summary."""
+    final_returns, last_returns = end_files(args, state, status, run_dir, log, evaluate)
+    summary = bookkeeping.write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
+                                        eval_env.spec.reward_threshold,
+                                        dict(gradient_steps=int(state.model.optimizer.iterations)))
+    eval_env.close()
+    log.close()
+    return summary
+
+
+def end_files(args: argparse.Namespace, state, status: str, run_dir: Path, log,
+              evaluate: Callable[[int], np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The files of the run's end, and the returns of the last and final weights (None: not evaluated)."""
     p = state.progress
     if status in ("diverged", "bad_env_output"):  # keep the last good snapshot: nothing is saved now
         return None, None

@@ -11,7 +11,7 @@ from conftest import run_main, scalars
 from frame_replay import FrameReplayBuffer
 from plumbing.envs import AtariGames, make_env, run_games
 from plumbing.keras_files import load_model
-from run import store
+from replay_buffer import store
 
 
 def test_the_evaluation_env_gives_stacks_of_84x84_grey_uint8_frames_zero_padded():

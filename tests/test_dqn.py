@@ -12,10 +12,9 @@ import tensorflow as tf
 import run
 from plumbing import dqn_files
 from plumbing.envs import make_env
-from plumbing.fast_acting import QValues
 from plumbing.keras_files import load_model, save_model
 from replay_buffer import Batch, ReplayBuffer
-from run import Dueling, create_model, epsilon_greedy, greedy_actions
+from run import Dueling, QValues, create_model, epsilon_greedy, greedy_actions
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -61,7 +60,7 @@ def test_numpy_forward_matches_keras(model):
     obs = np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32)
     keras_q = model([obs, np.ones((50, 3), np.float32)]).numpy()
     q_values = QValues(model)
-    assert q_values.dense  # the numpy forward pass, not the compiled fallback
+    assert q_values.in_numpy  # the numpy forward pass, not the compiled fallback
     np.testing.assert_allclose(q_values(obs), keras_q, rtol=1e-5, atol=1e-6)
     assert int(greedy_actions(q_values, obs[0][None])[0]) == int(np.argmax(keras_q[0]))
 
@@ -259,7 +258,7 @@ def test_dueling_network_numpy_forward_mask_and_snapshots(tmp_path, mode):
     for name in ("q.keras", "q.h5"):
         model.save(tmp_path / name)
         loaded = keras.models.load_model(tmp_path / name, compile=False)
-        assert QValues(loaded).dueling == mode and QValues(loaded).dense
+        assert QValues(loaded).dueling == mode and QValues(loaded).in_numpy
         np.testing.assert_array_equal(loaded([obs, np.ones((50, 3), np.float32)]).numpy(), all_q)
 
 
@@ -306,7 +305,7 @@ def test_q_values_of_other_networks_come_from_one_compiled_function():
     q_values = QValues(old)
     obs = np.random.default_rng(0).uniform(-1, 1, size=(20, 2)).astype(np.float32)
     expected = old([obs, np.ones((20, 3), np.float32)]).numpy()
-    assert not q_values.dense
+    assert not q_values.in_numpy
     np.testing.assert_allclose(q_values(obs), expected, rtol=1e-6)
     assert [int(greedy_actions(q_values, o[None])[0]) for o in obs] == list(expected.argmax(axis=1))
 
@@ -341,7 +340,7 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     np.testing.assert_allclose(taken.sum(axis=1), q[np.arange(5), [0, 3, 5, 1, 2]], rtol=1e-5)
     assert np.count_nonzero(taken) <= 5  # every other action masked to 0
     q_values = QValues(model)
-    assert not q_values.dense  # no numpy path for convolutions: one compiled call
+    assert not q_values.in_numpy  # no numpy path for convolutions: one compiled call
     np.testing.assert_allclose(q_values(frames), q, rtol=1e-5)
     assert int(greedy_actions(q_values, frames[2][None])[0]) == int(np.argmax(q[2]))
     model.save(tmp_path / "conv.keras")

@@ -13,8 +13,7 @@ from conftest import imported_modules, script, summary
 import a2c
 import policy_gradient
 import reinforce
-from plumbing.fast_acting import ActorCritic
-from policy_gradient import create_actor_critic
+from policy_gradient import ActorCritic, create_actor_critic
 
 
 def test_n_step_returns_bootstrap_at_truncation_and_rollout_end_not_at_termination():

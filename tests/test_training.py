@@ -16,10 +16,9 @@ import pytest
 from conftest import FIXTURES, ROOT, checkpoint_state, run_main, scalars, script, summary
 
 from plumbing.envs import make_env, run_episodes
-from plumbing.fast_acting import QValues
 from plumbing.keras_files import load_model
 from plumbing.settings import parse_args
-from run import epsilon_at
+from run import QValues, epsilon_at
 
 
 def test_training_writes_snapshots_summary_and_curves(trained_run):
