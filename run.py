@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from plumbing.bookkeeping import CtrlC, Progress, Stopwatch, crossed, linear, record_evaluation, train_and_report
+from plumbing.bookkeeping import CtrlC, Progress, Stopwatch, crossed, record_evaluation, train_and_report
 from plumbing.settings import parse_args
 from plumbing.startup import load_tensorflow, prepare_for, use_threads
 
@@ -101,7 +101,7 @@ def epsilon_at(step: int, args: argparse.Namespace) -> float:
     start, end = args.epsilon_start, args.epsilon_end
     if args.epsilon_schedule == "exponential":
         return max(end, start * args.epsilon_decay**step)
-    return end if args.epsilon_steps == 0 else linear(start, end, step / args.epsilon_steps)
+    return end if args.epsilon_steps == 0 else start + (end - start) * min(step / args.epsilon_steps, 1.0)
 
 
 class QValues:
