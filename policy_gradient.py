@@ -34,11 +34,12 @@ import numpy as np
 from tqdm import tqdm
 
 from loggers import Averages, TensorBoardLogger
-from plumbing import bookkeeping as runs
+from plumbing import bookkeeping
 from plumbing.atomic import remove_leftovers
 from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
 from plumbing.keras_files import load_model, optimizer_variables, restore_optimizer, save_model
 from plumbing.settings import ALGORITHMS, fail, is_atari, parse_args
+from run import dense_torso, dense_weights  # the DQN network's torso, and the numpy copy of its weights
 
 # ------------------------------------------------------------------------------ returns
 
@@ -80,27 +81,13 @@ def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool,
     policy's features too); otherwise the critic has its own (critic_0, critic_1). The logits
     start near 0, so the first policy is close to uniform: every action gets tried.
     """
-    def torso(names: list[str]):
-        h = obs
-        for name in names:
-            h = keras.layers.Dense(units, activation="relu", name=name)(h)
-        return h
-
     obs = keras.Input((obs_size,), name="obs")
-    h = torso(["hidden_0", "hidden_1"])
+    h = dense_torso(obs, units)
     logits = keras.layers.Dense(n_actions, kernel_initializer=keras.initializers.Orthogonal(0.01), name="logits")(h)
-    value = keras.layers.Dense(1, name="value")(h if shared else torso(["critic_0", "critic_1"]))
+    value = keras.layers.Dense(1, name="value")(h if shared else dense_torso(obs, units, "critic"))
     model = keras.Model(obs, [logits, value])
     model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm))
     return model
-
-
-def dense_weights(model: keras.Model, names: list[str], values: list | None = None) -> list[tuple]:
-    """(kernel, bias) of each named dense layer as numpy arrays, from the model's trainable variables
-    (or these values of them, in the same order, as the compiled updates return them)."""
-    values = model.trainable_variables if values is None else values
-    w = {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
-    return [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in names]
 
 
 def dense_layers(layers: list[tuple], h: np.ndarray, relu_last: bool) -> np.ndarray:
@@ -199,7 +186,7 @@ class TrainingState:
     model: keras.Model  # the actor-critic network, with its optimizer
     actor: ActorCritic  # its numpy copy, which acts
     rng: np.random.Generator  # the sampled actions
-    progress: runs.Progress = field(default_factory=runs.Progress)
+    progress: bookkeeping.Progress = field(default_factory=bookkeeping.Progress)
     best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
 
 
@@ -210,21 +197,22 @@ def new_state(args: argparse.Namespace, env: gym.Env) -> TrainingState:
     return TrainingState(model, ActorCritic(model), np.random.default_rng(args.seed))
 
 
-def save_state(run_dir: Path, state: TrainingState, progress: runs.Progress | None = None) -> None:
-    """The whole TrainingState in one file (runs.save_checkpoint); `progress` replaces its counters
+def save_state(run_dir: Path, state: TrainingState, progress: bookkeeping.Progress | None = None) -> None:
+    """The whole TrainingState in one file (bookkeeping.save_checkpoint); `progress` replaces its counters
     (with this moment's timings)."""
-    arrays = {**runs.numbered("weights", state.model.get_weights()), **runs.numbered("best", state.best_weights or []),
-              **runs.numbered("adam", [v.numpy() for v in optimizer_variables(state.model)])}
-    runs.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
+    arrays = {**bookkeeping.numbered("weights", state.model.get_weights()),
+              **bookkeeping.numbered("best", state.best_weights or []),
+              **bookkeeping.numbered("adam", [v.numpy() for v in optimizer_variables(state.model)])}
+    bookkeeping.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
 
 
 def load_state(run_dir: Path, state: TrainingState) -> None:
     def restore(saved) -> None:
-        state.model.set_weights(runs.listed(saved, "weights"))
-        restore_optimizer(state.model, runs.listed(saved, "adam"))
-        state.best_weights = runs.listed(saved, "best") or None
+        state.model.set_weights(bookkeeping.listed(saved, "weights"))
+        restore_optimizer(state.model, bookkeeping.listed(saved, "adam"))
+        state.best_weights = bookkeeping.listed(saved, "best") or None
 
-    state.progress = runs.load_checkpoint(run_dir, state.rng, restore)
+    state.progress = bookkeeping.load_checkpoint(run_dir, state.rng, restore)
     state.actor.refresh()
 
 
@@ -250,7 +238,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
     batches.close()  # closes its envs
     final_returns, last_returns, sampled = finish(args, state, status, eval_env, run_dir, log)
     extra = dict(final_sampled_eval_mean=sampled, gradient_steps=int(state.model.optimizer.iterations))
-    summary = runs.write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
+    summary = bookkeeping.write_summary(run_dir, args, state.progress, status, final_returns, last_returns,
                                  eval_env.spec.reward_threshold, extra)
     eval_env.close()
     log.close()
@@ -262,13 +250,13 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     """Gather a batch, take a gradient step on it; log, evaluate and snapshot; until the last step
     or Ctrl-C. Returns the status: finished, interrupted or diverged."""
     p, update, model = state.progress, make_update(state.model, args), state.model
-    clock, averages = runs.Stopwatch(p.train_seconds), Averages(p.step)
-    with runs.CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
-                                      mininterval=1) as bar:
+    clock, averages = bookkeeping.Stopwatch(p.train_seconds), Averages(p.step)
+    with bookkeeping.CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step",
+                                             smoothing=0.05, mininterval=1) as bar:
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 batch = next(batches)
-                model.optimizer.learning_rate.assign(runs.linear(args.lr, args.lr_end, p.step / args.steps))
+                model.optimizer.learning_rate.assign(bookkeeping.linear(args.lr, args.lr_end, p.step / args.steps))
                 losses, weights = update(np.asarray(batch.obs, np.float32), np.asarray(batch.actions, np.int32),
                                          batch.returns)
                 losses = {name: float(value) for name, value in losses.items()}
@@ -280,11 +268,11 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
                     log.scalar("episode/return", episode_return, p.step)
                     averages.add(episode_return=episode_return)
                 averages.add(**losses)
-                if runs.crossed(before, p.step, args.log_every):
+                if bookkeeping.crossed(before, p.step, args.log_every):
                     log_progress(log, p, averages, bar)
-                if args.eval_every and runs.crossed(before, p.step, args.eval_every):
+                if args.eval_every and bookkeeping.crossed(before, p.step, args.eval_every):
                     evaluate_periodically(args, state, eval_env, log, clock)
-                if runs.crossed(before, p.step, args.snapshot_every):
+                if bookkeeping.crossed(before, p.step, args.snapshot_every):
                     save_model(model, run_dir / f"step_{p.step}.keras")
                     save_state(run_dir, state, dataclasses.replace(p, train_seconds=clock()))
                 bar.update(p.step - before)
@@ -293,7 +281,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     return "interrupted" if ctrl_c.pressed else "finished"
 
 
-def log_progress(log: TensorBoardLogger, p: runs.Progress, averages: Averages, bar: tqdm) -> None:
+def log_progress(log: TensorBoardLogger, p: bookkeeping.Progress, averages: Averages, bar: tqdm) -> None:
     """The scalars averaged since the last log line, to TensorBoard and as one line."""
     means, sps = averages.take(p.step)
     for name in ("loss", "policy_loss", "value_loss", "entropy"):
@@ -304,11 +292,11 @@ def log_progress(log: TensorBoardLogger, p: runs.Progress, averages: Averages, b
 
 
 def evaluate_periodically(args: argparse.Namespace, state: TrainingState, eval_env: gym.Env, log: TensorBoardLogger,
-                          clock: runs.Stopwatch) -> None:
+                          clock: bookkeeping.Stopwatch) -> None:
     """Log the greedy policy's mean return; note when it first solves the env and keep its best weights."""
     mean = float(evaluate_episodes(eval_env, state.actor.greedy, args.eval_episodes).mean())
     log.scalar("eval/mean_return", mean, state.progress.step)
-    if runs.record_evaluation(state.progress, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
+    if bookkeeping.record_evaluation(state.progress, mean, eval_env.spec.reward_threshold, clock(), args.keep_best):
         state.best_weights = state.model.get_weights()
 
 
@@ -360,4 +348,4 @@ def main(argv: list[str] | None, algo: str, collect: Collect) -> int:
     if args.model:
         play(args)
         return 0
-    return runs.train_and_report(args, algo, functools.partial(train, collect=collect))
+    return bookkeeping.train_and_report(args, algo, functools.partial(train, collect=collect))

@@ -1,5 +1,4 @@
 """Deep Q-learning (DQN) with TensorFlow 2 / Keras 3 on Gymnasium: classic control, or Atari from pixels.
-
 Train: python run.py [--env ID]; watch: python run.py --model runs/<name>/final.keras --view (or --eval);
 resume: python run.py --resume runs/<name>. Read top to bottom, in the order of the README's "DQN in one
 page". The replay is in replay_buffer.py (frame_replay.py for Atari), the curves in loggers.py; what is
@@ -56,10 +55,10 @@ class Dueling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def dense_torso(obs, units: int):
+def dense_torso(obs, units: int, prefix: str = "hidden"):
     """Two ReLU layers, for observations that are a few numbers (classic control, Box2D)."""
-    h = keras.layers.Dense(units, activation="relu", name="hidden_0")(obs)
-    return keras.layers.Dense(units, activation="relu", name="hidden_1")(h)
+    h = keras.layers.Dense(units, activation="relu", name=f"{prefix}_0")(obs)
+    return keras.layers.Dense(units, activation="relu", name=f"{prefix}_1")(h)
 
 
 def conv_torso(frames):
@@ -105,9 +104,8 @@ def epsilon_at(step: int, args: argparse.Namespace) -> float:
 
 
 class QValues:
-    """Q(s, .) of a batch of observations: `q_values(obs)`. Acting calls it every env step, where a Keras
-    call costs more than a classic env's step: a dense network runs in numpy on a copy of its weights
-    (refreshed after each update), any other in one compiled call. The numbers are the network's own."""
+    """Q(s, .) of a batch of observations, `q_values(obs)`, for acting at every env step (where a Keras call
+    costs more than a classic env's step): numpy on a copy of a dense net's weights, else one compiled call."""
 
     def __init__(self, model: keras.Model):
         self.model, self.n_actions = model, int(model.output_shape[-1])
@@ -122,9 +120,7 @@ class QValues:
     def refresh(self, values: list | None = None) -> None:
         """Copy the weights (or these values of them, as the update returns them) for acting."""
         if self.in_numpy:
-            values = self.model.trainable_variables if values is None else values
-            w = {v.path: np.asarray(x) for v, x in zip(self.model.trainable_variables, values, strict=True)}
-            self.weights = [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in self.layers]
+            self.weights = dense_weights(self.model, self.layers, values)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if not self.in_numpy:
@@ -136,6 +132,13 @@ class QValues:
             return heads[0]
         (value, advantage), reduce = heads, np.mean if self.dueling == "avg" else np.max
         return value + advantage - reduce(advantage, axis=1, keepdims=True)
+
+
+def dense_weights(model: keras.Model, names: list[str], values: list | None = None) -> list[tuple]:
+    """(kernel, bias) of each named Dense layer in numpy, from the model's variables or these values of them."""
+    values = model.trainable_variables if values is None else values
+    w = {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
+    return [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in names]
 
 
 def greedy_actions(q_values: QValues, obs: np.ndarray) -> np.ndarray:
@@ -180,10 +183,9 @@ def update_target(target_model: keras.Model, model: keras.Model, tau: float = 1.
 
 
 def make_update(model: keras.Model, target_model: keras.Model, double: bool = False, tau: float | None = None):
-    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...)) in one
-    call, which removes the per-call cost that dominates a small network. Returns the mean loss, each
-    transition's |TD error| and the new weights. All G targets come from the networks at the call's start
-    (with hard copies the target is frozen then anyway; with --tau or --double they lag < G steps)."""
+    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...)) in one call,
+    removing the per-call cost that dominates a small network; returns the mean loss, |TD errors|, new weights.
+    All G targets come from the networks at the call's start (with --tau or --double they lag < G steps)."""
     n_actions = model.output_shape[-1]
     # XLA fuses the dense network's many small ops, but slows the conv net's convolutions down (docs/atari.md).
     @tf.function(jit_compile=len(model.inputs[0].shape) == 2)
