@@ -114,7 +114,7 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
     trials = []
     for config, seed in itertools.product(configs, seeds):
         label = config_label(config)
-        name = f"{label.replace(' ', '_')}_seed{seed}"
+        name = f"{label.replace(' ', '_').replace('/', '-')}_seed{seed}"  # env=ALE/Pong-v5: one folder, not two
         trial_algo = config.get("algo", algo)
         flags = [*config_flags(config, trial_algo), *common]
         # a bad value fails here, in one line, not in every trial
@@ -424,7 +424,7 @@ def parse_args() -> argparse.Namespace:
         settings.fail(f"--parallel must be at least 1, got {a.parallel}")
     if len(a.seeds) == 1:
         if a.seeds[0] < 1:
-            settings.fail(f"--seeds N needs N >= 1, got {a.seeds[0]}")
+            settings.fail(f"--seeds N needs N >= 1, got {a.seeds[0]} (--seeds 1 is seed 0 alone)")
         a.seeds = list(range(a.seeds[0]))
     return a
 
