@@ -27,11 +27,12 @@ from tqdm import tqdm
 
 from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from loggers import Averages, TensorBoardLogger, log_episodes, log_training, weight_distance
-from plumbing import dqn_files
+from plumbing import dqn_files, serving
 from plumbing.envs import (AtariGames, finite, make_env, make_eval_env, make_training_envs, play_env, play_saved,
                            run_episodes, run_games)
 from plumbing.keras_files import load_model
 from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer, StepWriter, store
+import value_map
 
 # ------------------------------------------------------------------------ hyperparameters
 # `args`: every flag with its help text and the presets per env, in plumbing/settings.py (`--help`).
@@ -383,11 +384,24 @@ def evaluate_periodically(args: argparse.Namespace, state: TrainingState, q_valu
 
 # --------------------------------------------------------------------- playing a saved model
 def play(args: argparse.Namespace) -> int:
-    """--model PATH with --view, --eval, --video and/or --gif: the greedy action at every step."""
+    """--model PATH with --view, --eval, --video and/or --gif: the greedy action at every step;
+    --plot: a picture of what it learned (value_map.py); --export: files to serve it (plumbing/serving.py)."""
     use_threads(tf, args.threads)
-    q_values = QValues(load_model(args.model, make_env(args.env)))  # check it before writing anything
-    play_saved(args, play_env(args.env, args.view, args.video, args.gif),
-               lambda obs: int(greedy_actions(q_values, obs[None])[0]))
+    env = make_env(args.env)
+    if args.plot:
+        value_map.check_drawable(env)
+    if args.export:
+        serving.check_export_dir(args.export)
+    model = load_model(args.model, env)  # checked before anything is written
+    q_values = QValues(model)
+    if args.plot:
+        value_map.draw(args.plot, env, q_values, args.seed)
+        print(f"wrote {args.plot}")
+    if args.export:
+        print("wrote", *serving.export(model, args.env, args.export))
+    if args.view or args.eval or args.video or args.gif:
+        play_saved(args, play_env(args.env, args.view, args.video, args.gif),
+                   lambda obs: int(greedy_actions(q_values, obs[None])[0]))
     return 0
 
 

@@ -115,8 +115,14 @@ def make_parser(algo: str = "dqn") -> Parser:
     else:
         add_policy_gradient_flags(p.add_argument_group("policy network and optimiser"), algo)
     add_evaluation_flags(p.add_argument_group("evaluation, logging and snapshots"))
-    add_play_flags(p.add_argument_group("playing a saved model"), ".npy table" if algo == "tabular" else
-                   ".keras or .h5 snapshot")
+    play = p.add_argument_group("playing a saved model")
+    add_play_flags(play, ".npy table" if algo == "tabular" else ".keras or .h5 snapshot")
+    if algo == "dqn":
+        play.add_argument("--plot", metavar="FILE", default=None,
+                          help="draw max_a Q and the greedy action over a 2-number observation (MountainCar) as a PNG")
+        play.add_argument("--export", metavar="DIR", default=None,
+                          help="write the Q-network to the new folder DIR as a TensorFlow SavedModel, ONNX and "
+                               "LiteRT (obs -> Q-values), to serve without this code (see.py --policy plays the ONNX)")
     if algo == "tabular":  # many times faster per step than DQN: fewer files, the same number of points
         p.set_defaults(steps=1_500_000, eval_every=50_000, snapshot_every=100_000, log_every=20_000)
     elif algo in POLICY_GRADIENTS:  # CartPole's evaluation episodes last up to 500 steps: fewer of them
@@ -331,11 +337,12 @@ def check_args(a: argparse.Namespace) -> None:
         check_dqn_args(a)
     if a.episodes is not None and a.episodes < 1:
         fail(f"--episodes must be at least 1, got {a.episodes}")
-    playing = a.view or a.eval or a.video or a.gif
+    playing = a.view or a.eval or a.video or a.gif or getattr(a, "plot", None) or getattr(a, "export", None)
+    uses = "--view, --eval, --video DIR, --gif FILE" + (", --plot FILE, --export DIR" if hasattr(a, "plot") else "")
     if playing and not a.model:
-        fail("--view, --eval, --video and --gif play a saved model: add --model PATH")
+        fail(f"{uses.replace(' DIR', '').replace(' FILE', '')} use a saved model: add --model PATH")
     if a.model and not playing:
-        fail("--model needs something to do: add --view, --eval, --video DIR or --gif FILE")
+        fail(f"--model needs something to do: add one of {uses}")
     if a.view and (a.video or a.gif):
         fail("--view renders to a window, --video/--gif to files: use one or the other")
     if a.model and a.resume:
