@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, imported_modules, script
+from conftest import ROOT, imported_modules, run_main, script
 
 MISSING = [tool for tool in ("Xvfb", "xwd") if shutil.which(tool) is None]
 if MISSING and os.environ.get("CI") == "true":
@@ -97,6 +97,16 @@ def test_see_plays_in_a_real_window(display, tmp_path):
     frames = [s for s in shots if mountain_car_on_screen(s)]
     assert any((a != b).any() for a, b in zip(frames, frames[1:], strict=False)), "the car never moved"
     assert not mountain_car_on_screen(screenshot(display))  # and the window is gone
+
+
+@pytest.mark.slow
+@needs_x
+def test_see_plays_an_exported_policy_in_a_real_window(display, trained_run, tmp_path):
+    assert run_main("--model", trained_run / "final.keras", "--export", tmp_path / "served") == 0
+    r, shots = play_in_window(display, "see.py", "--policy", tmp_path / "served" / "model.onnx", "--view",
+                              "--episodes", "1")
+    assert r.returncode == 0 and re.fullmatch(r"episode 1: return -\d+\.0\n", r.stdout), r.stderr
+    assert sum(map(mountain_car_on_screen, shots)) >= 3, "the window never showed MountainCar"
 
 
 @pytest.mark.slow
