@@ -351,16 +351,41 @@ def on_common_steps(curves: list[np.ndarray]) -> tuple[list[float], list[list[fl
 
 
 def plot_curves(results: list[dict], path: Path) -> None:
+    """Write curves_figure's PNG to `path`."""
+    fig = curves_figure(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
+def curves_figure(results: list[dict]):
     """Greedy evaluation return against env steps: per configuration the mean over seeds with
-    its 95% bootstrap band (and, for a single configuration, every seed's own curve)."""
+    its 95% bootstrap band (and, for a single configuration, every seed's own curve). A bench over
+    several envs (--grid env=...) gets one panel per env, each on its own scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    envs = list(dict.fromkeys(r.get("env", "") for r in results))
+    if len(envs) == 1:
+        many = len(by_config(results)) > 4  # then the legend goes beside the plot, not over the curves
+        fig, ax = plt.subplots(figsize=(11, 4.5) if many else (7, 4))
+        draw_curves(ax, results, many)
+    else:
+        columns = min(len(envs), 4)
+        rows = -(-len(envs) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+        for ax, env in zip(axes.flat, envs, strict=False):
+            draw_curves(ax, [r for r in results if r.get("env", "") == env], many=False)
+        for ax in axes.flat[len(envs):]:
+            ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def draw_curves(ax, results: list[dict], many: bool) -> None:
+    """One env's curves on `ax`."""
     groups = by_config(results)
-    many = len(groups) > 4  # then the legend goes beside the plot, not over the curves
-    fig, ax = plt.subplots(figsize=(11, 4.5) if many else (7, 4))
     for i, (config, rs) in enumerate(groups.items()):
         color = f"C{i}"
         curves = [np.array(r["evals"], float).T for r in rs if r.get("evals")]
@@ -379,13 +404,12 @@ def plot_curves(results: list[dict], path: Path) -> None:
     env = next((r["env"] for r in results if r.get("env")), "")
     dqn_only = all(r.get("script", "run.py") == "run.py" for r in results)
     ax.set(xlabel="environment steps", ylabel="greedy evaluation return", title=f"DQN on {env}" if dqn_only else env)
+    if not ax.get_legend_handles_labels()[0]:
+        return
     if many:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     else:
         ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100))
 
 
 # ---------------------------------------------------------------------------- main

@@ -33,6 +33,25 @@ def test_bootstrap_confidence_intervals():
     assert bench.bootstrap_ci([500.0] * 5, np.mean) == (500.0, 500.0)  # every seed the same: the point itself
 
 
+def test_a_bench_over_several_envs_draws_one_panel_per_env(tmp_path):
+    def trial(env, config, seed, scale):
+        evals = [[step, scale * step / 1000 + seed] for step in (1000, 2000, 3000)]
+        return dict(env=env, config=config, seed=seed, evals=evals, script="run.py")
+
+    games = [trial(f"ALE/{game}-v5", f"env=ALE/{game}-v5", 0, scale) for game, scale in
+             [("Enduro", 100.0), ("Pong", 5.0), ("Qbert", 1000.0)]]
+    fig = bench.curves_figure(games)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["DQN on ALE/Enduro-v5", "DQN on ALE/Pong-v5", "DQN on ALE/Qbert-v5"]
+    assert [ax.get_ylim()[1] > 1000 for ax in shown] == [False, False, True]  # each game on its own scale
+    one_env = bench.curves_figure([trial("CartPole-v1", "double=0", s, 100.0) for s in (0, 1)])
+    assert len(one_env.axes) == 1
+    bench.plot_curves(games, tmp_path / "curves.png")
+    import imageio.v3 as iio
+
+    assert iio.imread(tmp_path / "curves.png").shape[1] == 1200  # three panels of 4 inches at 100 dpi
+
+
 def test_grid_expands_to_run_py_flags():
     configs = bench.grid_configs(["double=0,1", "dueling=none,avg"])
     assert configs == [{"double": "0", "dueling": "none"}, {"double": "0", "dueling": "avg"},
