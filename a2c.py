@@ -34,15 +34,16 @@ import numpy as np
 
 import policy_gradient
 from plumbing.envs import make_env
-from policy_gradient import ActorCritic, Batch, discounted_returns
+from policy_gradient import Batch, RewardScale, TrainingState, discounted_returns
 
 
-def rollouts(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Generator, seed: int) -> Iterator[Batch]:
+def rollouts(args: argparse.Namespace, state: TrainingState, seed: int) -> Iterator[Batch]:
     """--n-steps steps of --num-envs envs at a time, acted on with the actor's latest weights, each
     step with its n-step return. An env whose episode ends starts the next one in the same step
     (SAME_STEP autoreset): the state its episode ended in comes in info["final_obs"]."""
     envs = gym.vector.SyncVectorEnv([lambda: make_env(args.env)] * args.num_envs,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    actor, scale = state.actor, RewardScale(state.return_stats, args.gamma, args.num_envs)
     running = np.zeros(args.num_envs)  # each env's return so far in its current episode
     shape = (args.n_steps, args.num_envs)
     with contextlib.closing(envs):  # closed when the run stops asking for batches
@@ -53,12 +54,14 @@ def rollouts(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Genera
             terminated, truncated = np.zeros(shape, bool), np.zeros(shape, bool)
             finished = []
             for t in range(args.n_steps):
-                observations[t], actions[t] = obs, actor.sample(obs, rng)
-                obs, rewards[t], terminated[t], truncated[t], info = envs.step(actions[t])
+                actor.observe(obs)  # into the running statistics the network standardizes its inputs with
+                observations[t], actions[t] = obs, actor.sample(obs, state.rng)
+                obs, reward, terminated[t], truncated[t], info = envs.step(actions[t])
                 ended, cut = terminated[t] | truncated[t], truncated[t]
+                rewards[t] = scale(reward, ended)  # what the agent learns from; the logs show the env's own
                 if cut.any():  # a time limit: bootstrap from V of the state the episode was cut in
                     next_values[t, cut] = actor.values(np.stack(info["final_obs"][cut]))
-                running += rewards[t]
+                running += reward
                 finished += running[ended].tolist()
                 running[ended] = 0.0
             # The rollout stops mid-episode: its last step bootstraps from V of each env's current state

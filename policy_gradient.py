@@ -62,6 +62,66 @@ def discounted_returns(rewards: np.ndarray, terminated: np.ndarray, truncated: n
     return returns
 
 
+# ------------------------------------------------------------------------- normalisation
+# A network learns best from inputs and targets near unit size. Acrobot's observations are not
+# (its angular velocities span +-4pi and +-9pi), nor are returns (Acrobot pays -1 a step, for up
+# to 500 steps). Like OpenAI Baselines' and SB3's A2C (VecNormalize), the agents here can standardize
+# both with running statistics: without them, and tanh units, A2C did not learn Acrobot at all.
+
+CLIP = 10.0  # a standardized observation or a scaled reward is clipped to +-CLIP: no outlier swamps a step
+EPS = 1e-8  # keeps the divisions finite while a variance is still 0
+
+
+@dataclass
+class RunningMeanStd:
+    """The mean and variance of every row seen so far, updated a batch at a time, in float32 (the
+    network's precision, so a snapshot holds them exactly)."""
+    mean: np.ndarray
+    var: np.ndarray
+    count: np.ndarray
+
+    @classmethod
+    def start(cls, shape: tuple = ()) -> "RunningMeanStd":
+        """Nothing seen yet: a tiny count, so that the first batch sets the moments almost alone."""
+        return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32), np.float32(1e-4))
+
+    def update(self, batch: np.ndarray) -> None:
+        """Merge a batch's moments into these (Chan et al.'s formula for two sets' combined variance)."""
+        batch = np.asarray(batch, np.float32)
+        n, batch_mean, batch_var = np.float32(len(batch)), batch.mean(axis=0), batch.var(axis=0)
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def arrays(self) -> list[np.ndarray]:
+        return [self.mean, self.var, np.asarray(self.count)]
+
+
+def standardized(obs: np.ndarray, stats: RunningMeanStd) -> np.ndarray:
+    """(obs - mean) / std, clipped: what the network's Standardize layer computes, in numpy."""
+    return np.clip((obs - stats.mean) / np.sqrt(stats.var + EPS), -CLIP, CLIP).astype(np.float32)
+
+
+class RewardScale:
+    """Rewards divided by the running std of the discounted return, per env stepped side by side:
+    the critic's targets stay near unit size, whatever an env pays. Not shifted by a mean: that
+    would change which episodes are better to prolong."""
+
+    def __init__(self, stats: RunningMeanStd | None, gamma: float, num_envs: int):
+        self.stats, self.gamma, self.returns = stats, gamma, np.zeros(num_envs, np.float32)
+
+    def __call__(self, rewards: np.ndarray, ended: np.ndarray) -> np.ndarray:
+        """One step's rewards of each env, scaled (unchanged without stats); `ended`: the envs whose
+        episode ended at this step, whose discounted return starts again from 0."""
+        if self.stats is None:
+            return rewards
+        self.returns = self.returns * self.gamma + rewards
+        self.stats.update(self.returns)
+        self.returns[ended] = 0.0
+        return np.clip(rewards / np.sqrt(self.stats.var + EPS), -CLIP, CLIP)
+
+
 class Batch(NamedTuple):
     """A batch of experience to learn from, flat over time and envs."""
     obs: np.ndarray  # (n, obs_size) float32
@@ -73,8 +133,25 @@ class Batch(NamedTuple):
 # --------------------------------------------------------------------------- network
 
 
-def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool, lr: float,
-                        clip_norm: float) -> keras.Model:
+@keras.saving.register_keras_serializable(package="policy_gradient")
+class Standardize(keras.layers.Layer):
+    """The network's first layer with --normalize-observations: standardized(obs) with the running
+    statistics of training's observations. They are weights no gradient moves (set from numpy
+    before each update), so every snapshot sees its inputs as it did in training."""
+
+    def build(self, input_shape):
+        size = input_shape[1:]
+        self.mean = self.add_weight(shape=size, initializer="zeros", trainable=False, name="mean")
+        self.var = self.add_weight(shape=size, initializer="ones", trainable=False, name="var")
+        self.count = self.add_weight(shape=(), initializer=keras.initializers.Constant(1e-4), trainable=False,
+                                     name="count")
+
+    def call(self, obs):
+        return keras.ops.clip((obs - self.mean) / keras.ops.sqrt(self.var + EPS), -CLIP, CLIP)
+
+
+def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool, lr: float, clip_norm: float,
+                        activation: str = "relu", standardize: bool = False) -> keras.Model:
     """The policy pi(.|s) as logits, and the baseline V(s).
 
     With `shared` one torso feeds both heads (fewer weights, but the value loss then shapes the
@@ -82,48 +159,74 @@ def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool,
     start near 0, so the first policy is close to uniform: every action gets tried.
     """
     obs = keras.Input((obs_size,), name="obs")
-    h = dense_torso(obs, units)
+    x = Standardize(name="standardize")(obs) if standardize else obs
+    h = dense_torso(x, units, activation=activation)
     logits = keras.layers.Dense(n_actions, kernel_initializer=keras.initializers.Orthogonal(0.01), name="logits")(h)
-    value = keras.layers.Dense(1, name="value")(h if shared else dense_torso(obs, units, "critic"))
+    value = keras.layers.Dense(1, name="value")(h if shared else dense_torso(x, units, "critic", activation))
     model = keras.Model(obs, [logits, value])
     model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm))
     return model
 
 
-def dense_layers(layers: list[tuple], h: np.ndarray, relu_last: bool) -> np.ndarray:
-    """Dense layers (dense_weights) in numpy, one after the other, ReLU after each (and after the
-    last one only if `relu_last`)."""
+ACTIVATIONS = {"relu": lambda h: np.maximum(h, 0.0), "tanh": np.tanh}
+
+
+def dense_layers(layers: list[tuple], h: np.ndarray, activation: Callable) -> np.ndarray:
+    """Dense layers (dense_weights) in numpy, one after the other, `activation` after each but the last."""
     for i, (kernel, bias) in enumerate(layers):
         h = h @ kernel + bias
-        if relu_last or i < len(layers) - 1:
-            h = np.maximum(h, 0.0)
+        if i < len(layers) - 1:
+            h = activation(h)
     return h
 
 
 class ActorCritic:
     """Sampled and greedy actions, and values, from an actor-critic network, in numpy on a copy of
     its weights (refreshed after each update), with the layers found by name: acting calls it at
-    every env step, where a Keras call would cost more than the step."""
+    every env step, where a Keras call would cost more than the step. With a Standardize layer it
+    also keeps the running observation statistics, which acting reads and training updates."""
 
     def __init__(self, model: keras.Model):
         self.model = model
-        separate = "critic_0" in {layer.name for layer in model.layers}
+        names = {layer.name for layer in model.layers}
         self.actor_layers = ["hidden_0", "hidden_1", "logits"]
-        self.critic_layers = [*(["critic_0", "critic_1"] if separate else ["hidden_0", "hidden_1"]), "value"]
+        self.critic_layers = [*(["critic_0", "critic_1"] if "critic_0" in names else ["hidden_0", "hidden_1"]), "value"]
+        self.activation = ACTIVATIONS[model.get_layer("hidden_0").get_config()["activation"]]
+        self.standardize = model.get_layer("standardize") if "standardize" in names else None
+        self.obs_stats: RunningMeanStd | None = None
         self.refresh()
 
     def refresh(self, values: list | None = None) -> None:
+        """Copy the trained weights from an update's `values`, or everything (the statistics too) from the model."""
         self.actor = dense_weights(self.model, self.actor_layers, values)
         self.critic = dense_weights(self.model, self.critic_layers, values)
+        if values is None and self.standardize:
+            self.obs_stats = RunningMeanStd(*self.standardize.get_weights())
+
+    def observe(self, obs: np.ndarray) -> None:
+        """Count a batch of training's observations into the statistics (if the network standardizes)."""
+        if self.obs_stats is not None:
+            self.obs_stats.update(obs)
+
+    def store_statistics(self) -> None:
+        """Put the statistics into the network, for its update and for snapshots."""
+        if self.obs_stats is not None:
+            self.standardize.set_weights(self.obs_stats.arrays())
+
+    def inputs(self, obs: np.ndarray) -> np.ndarray:
+        return standardized(obs, self.obs_stats) if self.obs_stats is not None else obs
+
+    def logits(self, obs: np.ndarray) -> np.ndarray:
+        return dense_layers(self.actor, self.inputs(obs), self.activation)
 
     def probabilities(self, obs: np.ndarray) -> np.ndarray:
-        logits = dense_layers(self.actor, obs, relu_last=False)
+        logits = self.logits(obs)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))  # softmax, shifted so exp cannot overflow
         return e / e.sum(axis=1, keepdims=True)
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         """V(s) for a batch of observations."""
-        return dense_layers(self.critic, obs, relu_last=False)[:, 0]
+        return dense_layers(self.critic, self.inputs(obs), self.activation)[:, 0]
 
     def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One action per row, drawn from pi(.|s): the first whose cumulative probability passes a uniform number."""
@@ -133,7 +236,7 @@ class ActorCritic:
 
     def greedy(self, obs: np.ndarray) -> int:
         """The most probable action for one observation."""
-        return int(np.argmax(dense_layers(self.actor, obs[None], relu_last=False)[0]))
+        return int(np.argmax(self.logits(obs[None])[0]))
 
 
 # -------------------------------------------------------------------------- learning
@@ -186,6 +289,7 @@ class TrainingState:
     model: keras.Model  # the actor-critic network, with its optimizer
     actor: ActorCritic  # its numpy copy, which acts
     rng: np.random.Generator  # the sampled actions
+    return_stats: RunningMeanStd | None = None  # --scale-rewards: the discounted returns' running statistics
     progress: bookkeeping.Progress = field(default_factory=bookkeeping.Progress)
     best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
 
@@ -193,16 +297,19 @@ class TrainingState:
 def new_state(args: argparse.Namespace, env: gym.Env) -> TrainingState:
     keras.utils.set_random_seed(args.seed)
     model = create_actor_critic(env.observation_space.shape[0], int(env.action_space.n), args.units, args.shared,
-                                args.lr, args.clip_norm)
-    return TrainingState(model, ActorCritic(model), np.random.default_rng(args.seed))
+                                args.lr, args.clip_norm, args.activation, args.normalize_observations)
+    return_stats = RunningMeanStd.start() if args.scale_rewards else None
+    return TrainingState(model, ActorCritic(model), np.random.default_rng(args.seed), return_stats)
 
 
 def save_state(run_dir: Path, state: TrainingState, progress: bookkeeping.Progress | None = None) -> None:
     """The whole TrainingState in one file (bookkeeping.save_checkpoint); `progress` replaces its counters
     (with this moment's timings)."""
+    return_stats = state.return_stats.arrays() if state.return_stats is not None else []
     arrays = {**bookkeeping.numbered("weights", state.model.get_weights()),
               **bookkeeping.numbered("best", state.best_weights or []),
-              **bookkeeping.numbered("adam", [v.numpy() for v in optimizer_variables(state.model)])}
+              **bookkeeping.numbered("adam", [v.numpy() for v in optimizer_variables(state.model)]),
+              **bookkeeping.numbered("return_stats", return_stats)}
     bookkeeping.save_checkpoint(run_dir, progress or state.progress, state.rng, arrays)
 
 
@@ -211,6 +318,8 @@ def load_state(run_dir: Path, state: TrainingState) -> None:
         state.model.set_weights(bookkeeping.listed(saved, "weights"))
         restore_optimizer(state.model, bookkeeping.listed(saved, "adam"))
         state.best_weights = bookkeeping.listed(saved, "best") or None
+        if state.return_stats is not None:
+            state.return_stats = RunningMeanStd(*bookkeeping.listed(saved, "return_stats"))
 
     state.progress = bookkeeping.load_checkpoint(run_dir, state.rng, restore)
     state.actor.refresh()
@@ -218,9 +327,9 @@ def load_state(run_dir: Path, state: TrainingState) -> None:
 
 # ------------------------------------------------------------------------ training loop
 
-# A script's experience: collect(args, actor, rng, seed) yields Batches forever, acting with the
-# actor's latest weights; its envs start from `seed`.
-Collect = Callable[[argparse.Namespace, ActorCritic, np.random.Generator, int], Iterator[Batch]]
+# A script's experience: collect(args, state, seed) yields Batches forever, acting with the state's
+# actor (its latest weights) and rng, and scaling rewards with its return_stats; its envs start from `seed`.
+Collect = Callable[[argparse.Namespace, TrainingState, int], Iterator[Batch]]
 
 
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Collect) -> dict:
@@ -232,7 +341,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
         remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
         print(f"resuming {run_dir} at step {state.progress.step}", flush=True)
     log = TensorBoardLogger(run_dir, settings=None if resuming else vars(args))
-    batches = collect(args, state.actor, state.rng, int(state.rng.integers(2**31)) if resuming else args.seed)
+    batches = collect(args, state, int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     status = training_loop(args, state, batches, eval_env, run_dir, log)
     batches.close()  # closes its envs
@@ -257,6 +366,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
             while p.step < args.steps and not ctrl_c.pressed:
                 batch = next(batches)
                 model.optimizer.learning_rate.assign(bookkeeping.linear(args.lr, args.lr_end, p.step / args.steps))
+                state.actor.store_statistics()  # the update (and any snapshot after it) standardizes as acting did
                 losses, weights = update(np.asarray(batch.obs, np.float32), np.asarray(batch.actions, np.int32),
                                          batch.returns)
                 losses = {name: float(value) for name, value in losses.items()}

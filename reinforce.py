@@ -32,22 +32,25 @@ import numpy as np
 
 import policy_gradient
 from plumbing.envs import make_env
-from policy_gradient import ActorCritic, Batch, discounted_returns
+from policy_gradient import Batch, RewardScale, TrainingState, discounted_returns
 
 
-def episodes(args: argparse.Namespace, actor: ActorCritic, rng: np.random.Generator, seed: int) -> Iterator[Batch]:
+def episodes(args: argparse.Namespace, state: TrainingState, seed: int) -> Iterator[Batch]:
     """--episodes-per-update whole episodes at a time, played with the actor's latest weights,
     each step with its return-to-go."""
+    actor, scale = state.actor, RewardScale(state.return_stats, args.gamma, num_envs=1)
     with make_env(args.env) as env:  # closed when the run stops asking for batches
         obs, _ = env.reset(seed=seed)
         while True:
             steps, finished, episode_return = [], [], 0.0  # (obs, action, reward, terminated, truncated, V(next))
             while len(finished) < args.episodes_per_update:
-                action = int(actor.sample(obs[None], rng)[0])
+                actor.observe(obs[None])  # into the running statistics the network standardizes its inputs with
+                action = int(actor.sample(obs[None], state.rng)[0])
                 next_obs, reward, terminated, truncated, _ = env.step(action)
                 # V of the state after the step is read only where a time limit cut the episode.
                 next_value = float(actor.values(next_obs[None])[0]) if truncated and not terminated else 0.0
-                steps.append((obs, action, float(reward), terminated, truncated, next_value))
+                learned = float(scale(np.array([reward]), np.array([terminated or truncated]))[0])
+                steps.append((obs, action, learned, terminated, truncated, next_value))
                 obs, episode_return = next_obs, episode_return + float(reward)
                 if terminated or truncated:
                     finished.append(episode_return)

@@ -56,10 +56,10 @@ class Dueling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def dense_torso(obs, units: int, prefix: str = "hidden"):
-    """Two ReLU layers, for observations that are a few numbers (classic control, Box2D)."""
-    h = keras.layers.Dense(units, activation="relu", name=f"{prefix}_0")(obs)
-    return keras.layers.Dense(units, activation="relu", name=f"{prefix}_1")(h)
+def dense_torso(obs, units: int, prefix: str = "hidden", activation: str = "relu"):
+    """Two hidden layers, for observations that are a few numbers (classic control, Box2D)."""
+    h = keras.layers.Dense(units, activation=activation, name=f"{prefix}_0")(obs)
+    return keras.layers.Dense(units, activation=activation, name=f"{prefix}_1")(h)
 
 
 def conv_torso(frames):

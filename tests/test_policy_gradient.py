@@ -101,8 +101,8 @@ def test_a_short_reinforce_training_beats_a_random_agent_by_far(tmp_path):
 
 @pytest.mark.slow
 def test_a2c_stopped_by_ctrl_c_resumes_and_beats_a_random_agent_by_far(tmp_path, capsys):
-    def interrupted(args, actor, rng, seed):  # a2c's rollouts, with Ctrl-C pressed in the 100th (8 envs x 16 steps)
-        for i, batch in enumerate(a2c.rollouts(args, actor, rng, seed)):
+    def interrupted(args, state, seed):  # a2c's rollouts, with Ctrl-C pressed in the 100th (8 envs x 16 steps)
+        for i, batch in enumerate(a2c.rollouts(args, state, seed)):
             if i == 99:
                 os.kill(os.getpid(), signal.SIGINT)
             yield batch
