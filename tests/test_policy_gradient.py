@@ -1,6 +1,6 @@
-"""reinforce.py and a2c.py: returns and the loss against hand-computed values, the numpy actor
-against its network, short real trainings that beat a random agent by far, Ctrl-C and --resume,
-playing a snapshot, and the one-line errors."""
+"""reinforce.py and a2c.py: returns, the loss and the normalisations against hand-computed values,
+the numpy actor against its network, short real trainings that beat a random agent by far, Ctrl-C
+and --resume, playing a snapshot, and the one-line errors."""
 
 import math
 import os
@@ -13,7 +13,9 @@ from conftest import imported_modules, script, summary
 import a2c
 import policy_gradient
 import reinforce
-from policy_gradient import ActorCritic, create_actor_critic
+from plumbing.envs import make_env
+from plumbing.keras_files import load_model, save_model
+from policy_gradient import ActorCritic, RewardScale, RunningMeanStd, create_actor_critic
 
 
 def test_n_step_returns_bootstrap_at_truncation_and_rollout_end_not_at_termination():
@@ -61,13 +63,50 @@ def test_policy_gradient_loss_on_a_tiny_batch():
     assert float(parts["policy_loss"]) == pytest.approx(-(math.log(0.75) - math.log(0.25)) / 2, rel=1e-5)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_the_numpy_actor_computes_what_the_network_does(shared):
-    model = create_actor_critic(4, 3, 16, shared, 1e-3, 1.0)
-    for layer in model.layers:  # large weights, so that a wrong layer order would show
-        layer.set_weights([np.random.default_rng(0).normal(size=w.shape) for w in layer.get_weights()])
+def test_running_statistics_are_those_of_every_row_seen():
+    rows = np.random.default_rng(0).normal([5.0, -2.0, 100.0], [1.0, 0.01, 30.0], size=(1000, 3))
+    stats = RunningMeanStd.start((3,))
+    for batch in np.split(rows, [1, 8, 300, 301]):  # batches of 1, 7, 292, 1 and 699 rows
+        stats.update(batch)
+    # They start as 1e-4 of a row with mean 0 and variance 1: the moments of that and all the rows.
+    count = 1000 + 1e-4
+    mean = rows.sum(axis=0) / count
+    var = (1e-4 * (1 + mean**2) + ((rows - mean) ** 2).sum(axis=0)) / count
+    assert stats.count == pytest.approx(count)
+    np.testing.assert_allclose(stats.mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(stats.var, var, rtol=1e-4)
+
+
+def test_rewards_are_divided_by_the_running_std_of_each_envs_discounted_return():
+    scale = RewardScale(RunningMeanStd.start(), gamma=0.5, num_envs=2)
+    # Step 1: env 0's episode ends. Discounted returns 1 and 2: mean 1.5, std 0.5, so rewards x 2.
+    np.testing.assert_allclose(scale(np.array([1.0, 2.0]), np.array([True, False])), [2.0, 4.0], rtol=1e-3)
+    # Step 2: env 0 starts again from 0 (4), env 1 goes on (0.5 * 2 + 4 = 5). Over 1, 2, 4, 5: std sqrt(2.5).
+    np.testing.assert_allclose(scale(np.array([4.0, 4.0]), np.array([False, False])), [4 / 2.5**0.5] * 2, rtol=1e-3)
+    scale = RewardScale(RunningMeanStd.start(), gamma=0.5, num_envs=2)
+    for _ in range(200):  # returns of 1 again and again: their std shrinks to ~0, and scaled rewards are clipped
+        scaled = scale(np.array([1.0, 1.0]), np.array([True, True]))
+    np.testing.assert_array_equal(scaled, [10.0, 10.0])
+    np.testing.assert_array_equal(RewardScale(None, 0.5, 2)(np.array([3.0, -1.0]), np.zeros(2, bool)), [3.0, -1.0])
+
+
+def network(shared: bool, activation: str, standardize: bool):
+    """An actor-critic with large random weights (so that a wrong layer order would show) and
+    observation statistics far from the identity."""
+    model = create_actor_critic(4, 3, 16, shared, 1e-3, 1.0, activation, standardize)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        weights = [rng.normal(size=w.shape) for w in layer.get_weights()]
+        layer.set_weights([np.abs(w) + 0.1 for w in weights] if layer.name == "standardize" else weights)
+    return model
+
+
+@pytest.mark.parametrize("shared, activation, standardize", [(False, "relu", False), (True, "relu", False),
+                                                             (False, "tanh", True), (True, "tanh", True)])
+def test_the_numpy_actor_computes_what_the_network_does(shared, activation, standardize):
+    model = network(shared, activation, standardize)
     actor = ActorCritic(model)
-    obs = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    obs = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32) * 30  # some standardized beyond +-10
     logits, values = (np.asarray(output, np.float64) for output in model(obs))
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(actor.probabilities(obs), expected, rtol=1e-4, atol=1e-6)
@@ -76,6 +115,22 @@ def test_the_numpy_actor_computes_what_the_network_does(shared):
     # sampling follows the probabilities
     draws = actor.sample(np.repeat(obs[:1], 20_000, axis=0), np.random.default_rng(2))
     np.testing.assert_allclose(np.bincount(draws, minlength=3) / 20_000, expected[0], atol=0.015)
+
+
+def test_a_snapshot_standardizes_with_the_statistics_training_saw(tmp_path):
+    model = create_actor_critic(4, 2, 16, False, 1e-3, 1.0, "tanh", standardize=True)
+    actor, rng = ActorCritic(model), np.random.default_rng(0)
+    for _ in range(10):
+        actor.observe(rng.normal([0.0, 3.0, -1.0, 50.0], [1.0, 0.1, 2.0, 20.0], size=(8, 4)).astype(np.float32))
+    actor.store_statistics()
+    save_model(model, tmp_path / "m.keras")
+    loaded = ActorCritic(load_model(str(tmp_path / "m.keras"), make_env("CartPole-v1"), actor_critic=True))
+    assert loaded.obs_stats.count == pytest.approx(80 + 1e-4)
+    np.testing.assert_array_equal(loaded.obs_stats.mean, actor.obs_stats.mean)
+    obs = rng.normal(size=(6, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded.probabilities(obs), actor.probabilities(obs), rtol=1e-6)
+    assert not np.allclose(ActorCritic(create_actor_critic(4, 2, 16, False, 1e-3, 1.0, "tanh", True)).inputs(obs),
+                           loaded.inputs(obs))  # the statistics do change what the network sees
 
 
 def main_code(script_main, *args) -> int:
@@ -100,7 +155,7 @@ def test_a_short_reinforce_training_beats_a_random_agent_by_far(tmp_path):
 
 
 @pytest.mark.slow
-def test_a2c_stopped_by_ctrl_c_resumes_and_beats_a_random_agent_by_far(tmp_path, capsys):
+def test_a2c_stopped_by_ctrl_c_resumes_and_learns_acrobot(tmp_path, capsys):
     def interrupted(args, state, seed):  # a2c's rollouts, with Ctrl-C pressed in the 100th (8 envs x 16 steps)
         for i, batch in enumerate(a2c.rollouts(args, state, seed)):
             if i == 99:
@@ -108,8 +163,8 @@ def test_a2c_stopped_by_ctrl_c_resumes_and_beats_a_random_agent_by_far(tmp_path,
             yield batch
 
     run_dir = tmp_path / "runs" / "stopped"
-    args = ["--steps", 30_000, "--eval-every", 5_000, "--eval-episodes", 2, "--final-eval-episodes", 10,
-            "--snapshot-every", 5_000, "--logdir", tmp_path / "runs", "--name", "stopped"]
+    args = ["--env", "Acrobot-v1", "--steps", 30_000, "--eval-every", 5_000, "--eval-episodes", 2,
+            "--final-eval-episodes", 10, "--snapshot-every", 5_000, "--logdir", tmp_path / "runs", "--name", "stopped"]
     assert main_code(lambda argv: policy_gradient.main(argv, "a2c", interrupted), *args) == 130
     assert f"python a2c.py --resume {run_dir}" in capsys.readouterr().err
     stopped = summary(run_dir)
@@ -121,10 +176,16 @@ def test_a2c_stopped_by_ctrl_c_resumes_and_beats_a_random_agent_by_far(tmp_path,
     assert s["gradient_steps"] == 235  # one per batch, counted on across the resume
     # an evaluation in each batch that passes a multiple of 5,000 steps, before and after the stop
     assert [step // 128 for step, _ in s["evals"]] == [5_000 // 128 + 1, 79, 118, 157, 196, 235]
-    assert s["final_eval_mean"] >= 75, s["evals"]  # a random CartPole agent lasts ~22 steps
+    # Both running statistics went on across the resume: every observation acted on, every reward scaled.
+    last = ActorCritic(load_model(str(run_dir / "last.keras"), make_env("Acrobot-v1"), actor_critic=True))
+    assert last.obs_stats.count == pytest.approx(235 * 128)
+    assert np.load(run_dir / "checkpoint.npz")["return_stats/2"] == pytest.approx(235 * 128)
+    # A random agent (and this A2C with ReLU units and no normalisation) stays at -500: the time limit.
+    assert s["final_eval_mean"] >= -300, s["evals"]
     # its snapshot plays, greedily, as users call it
-    assert main_code(a2c.main, "--model", run_dir / "final.keras", "--eval", "--episodes", 3) == 0
-    assert "CartPole-v1: mean return" in capsys.readouterr().out
+    played = main_code(a2c.main, "--model", run_dir / "final.keras", "--env", "Acrobot-v1", "--eval", "--episodes", 3)
+    assert played == 0
+    assert "Acrobot-v1: mean return" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
