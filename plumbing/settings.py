@@ -215,8 +215,11 @@ def add_dqn_flags(dqn) -> None:
 
 def add_tabular_flags(tab) -> None:
     tab.add_argument("--bins", type=int, default=20,
-                     help="cells per observation dimension (Gymnasium's DiscretizeObservation): more cells tell "
-                          "states apart better, but each is visited less often")
+                     help="cells per observation dimension: more cells tell states apart better, but each is "
+                          "visited less often")
+    tab.add_argument("--tilings", type=int, default=1,
+                     help="grids, each shifted by a fraction of a cell, whose cells' entries sum to Q (tile "
+                          "coding): nearby states share what they learn; 1 is the plain table")
     tab.add_argument("--lr", type=float, default=0.5, help="step size of each table update (at the start)")
     tab.add_argument("--lr-end", type=float, default=0.05,
                      help="anneal the step size linearly to this by the last step (= --lr: constant)")
@@ -325,7 +328,7 @@ def check_args(a: argparse.Namespace) -> None:
     """Reject nonsense values before anything is created or written."""
     positive = ["steps", "units", "buffer_size", "batch_size", "train_freq", "gradient_steps", "n_step",
                 "target_update", "eval_episodes", "snapshot_every", "log_every", "threads", "num_envs", "bins",
-                "n_steps", "episodes_per_update"]
+                "tilings", "n_steps", "episodes_per_update"]
     for name in (n for n in positive if hasattr(a, n)):  # each algorithm has some of these
         if getattr(a, name) < 1:
             fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
