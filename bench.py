@@ -129,10 +129,11 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
 
 
 def die_with_parent() -> None:
-    """Linux: when the process that started run.py dies (Ray cancelling a trial, Ctrl-C), run.py
-    gets SIGINT, so it saves a snapshot and --resume can continue it."""
+    """Linux: when the process that started run.py dies (Ray cancelling a trial, Ctrl-C, `kill`),
+    run.py gets SIGTERM, so it saves a snapshot and --resume can continue it. Not SIGINT: the signal
+    comes again each time a thread the child is handed to ends, and a second SIGINT kills."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def run_trial(trial: dict) -> dict:

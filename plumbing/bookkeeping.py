@@ -115,20 +115,28 @@ def linear(start: float, end: float, fraction: float) -> float:
 
 
 class CtrlC:
-    """Ctrl-C only sets `pressed`, which the loop checks between steps, so a run never stops inside
-    a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills."""
+    """Ctrl-C (SIGINT) and SIGTERM (`kill`, a scheduler stopping the job, bench.py's trials when
+    bench.py ends) only set `pressed`, which the loop checks between steps, so a run never stops
+    inside a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills;
+    once stopping, SIGTERM is ignored until the process ends (one end of bench.py can send several,
+    and they would cut the saving short)."""
 
     def __enter__(self) -> "CtrlC":
         self.pressed = False
         signal.signal(signal.SIGINT, self.press)
+        signal.signal(signal.SIGTERM, self.press)
         return self
 
-    def press(self, *_) -> None:
+    def press(self, signum: int, _) -> None:
         self.pressed = True
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     def __exit__(self, *_) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if not self.pressed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # -------------------------------------------------------------------------- checkpoint

@@ -2,10 +2,15 @@
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
+import psutil
 import pytest
-from conftest import script
+from conftest import ROOT, checkpoint_state, script
 
 import bench
 
@@ -139,14 +144,6 @@ def test_a_tabular_trial_runs_its_own_script(tmp_path):
 def test_resume_continues_a_trial_whose_training_was_killed(tmp_path):
     """kill -9 of a trial's run.py: the bench reports it failed, and --resume continues it from its
     last checkpoint instead of training it again from zero."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-    from conftest import ROOT, checkpoint_state
-
     flags = ["--no-ray", "--seeds", "1", "--name", "k", "--env", "CartPole-v1", "--steps", "10000", "--",
              "--learning-starts", "200", "--snapshot-every", "500", "--eval-every", "0", "--final-eval-episodes", "2"]
     bench_proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *flags], cwd=tmp_path,
@@ -168,3 +165,27 @@ def test_resume_continues_a_trial_whose_training_was_killed(tmp_path):
     assert f"resuming {run_dir} at step {step}:" in log  # continued, not started again
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 10000
     assert [p.name for p in run_dir.parent.iterdir() if p.is_dir()] == ["default_seed0"]  # nothing renamed
+
+
+@pytest.mark.slow
+def test_killing_bench_stops_its_training_with_a_snapshot_to_resume(tmp_path):
+    # `kill` to bench.py: its training gets SIGTERM (once per thread of bench.py it is handed to,
+    # as the process ends), stops between two steps and saves; a second signal must not kill it.
+    flags = ["--no-ray", "--seeds", "1", "--name", "t", "--algo", "tabular", "--steps", "5000000", "--",
+             "--snapshot-every", "20000", "--eval-every", "0"]
+    bench_proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *flags], cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "bench" / "t" / "runs" / "default_seed0"
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.npz").exists():
+        assert time.time() < deadline and bench_proc.poll() is None
+        time.sleep(0.1)
+    children = psutil.Process(bench_proc.pid).children(recursive=True)
+    training = next(p for p in children if "tabular.py" in p.cmdline()[1])
+    bench_proc.send_signal(signal.SIGTERM)
+    bench_proc.wait(timeout=60)
+    training.wait(timeout=60)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["steps"] > 20_000
+    assert (run_dir / f"step_{s['steps']}.npy").is_file() and checkpoint_state(run_dir)["step"] == s["steps"]
+    assert f"interrupted at step {s['steps']}" in (run_dir.parent / "default_seed0.log").read_text()
