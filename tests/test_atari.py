@@ -125,6 +125,21 @@ def test_breakout_serves_for_the_agent_so_an_agent_that_never_fires_loses_its_fi
     assert steps < 3000 and lengths and not truncated
 
 
+def test_a_game_without_lives_is_one_episode_and_the_agent_keeps_its_actions():
+    """Enduro has no lives (ale_py reports 0 throughout): no step may look like a lost life, which
+    would end a training episode and replace the agent's next action by FIRE (its accelerator)."""
+    games = AtariGames("ALE/Enduro-v5", num_envs=2, threads=1)
+    obs, info = games.reset(seed=0)
+    assert np.all(info["lives"] == 0)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # 1,200 frames of racing
+        actions = rng.integers(games.single_action_space.n, size=2)
+        obs, rewards, terminated, truncated, info = games.step(actions)
+        np.testing.assert_array_equal(info["actions"], actions)
+        assert not (terminated.any() or truncated.any() or games.serve.any())
+    games.close()
+
+
 @pytest.mark.slow
 def test_every_variant_learns_on_the_conv_network(tmp_path):
     """Double, dueling, prioritized replay over frames, soft target updates (n-step 3 and the
