@@ -12,8 +12,12 @@ unchanged and removes much of its variance. The entropy H rewards a policy for s
 The two scripts differ only in the experience: REINFORCE plays whole episodes and uses their
 returns-to-go, A2C steps several envs a few steps and bootstraps R from V (less variance, some bias).
 
-This file: the returns, the loss and its compiled update, then the run around them (its state
-and checkpoint, the training loop, evaluation, the end, playing a snapshot), as run.py has for DQN.
+Both standardize observations and scale rewards with running statistics, and use tanh units:
+without these, A2C did not learn Acrobot at all (docs/results.md).
+
+This file: the returns, the normalisations, the network, the loss and its compiled update, then
+the run around them (its state and checkpoint, the training loop, evaluation, the end, playing a
+snapshot), as run.py has for DQN.
 """
 
 import argparse
@@ -65,8 +69,8 @@ def discounted_returns(rewards: np.ndarray, terminated: np.ndarray, truncated: n
 # ------------------------------------------------------------------------- normalisation
 # A network learns best from inputs and targets near unit size. Acrobot's observations are not
 # (its angular velocities span +-4pi and +-9pi), nor are returns (Acrobot pays -1 a step, for up
-# to 500 steps). Like OpenAI Baselines' and SB3's A2C (VecNormalize), the agents here can standardize
-# both with running statistics: without them, and tanh units, A2C did not learn Acrobot at all.
+# to 500 steps). Like OpenAI Baselines' and SB3's A2C (VecNormalize), the agents standardize both
+# with running statistics (--normalize-observations, --scale-rewards).
 
 CLIP = 10.0  # a standardized observation or a scaled reward is clipped to +-CLIP: no outlier swamps a step
 EPS = 1e-8  # keeps the divisions finite while a variance is still 0

@@ -19,7 +19,7 @@ import numpy as np
 
 from plumbing.atomic import write_atomically, write_text_atomically
 from plumbing.envs import make_env
-from plumbing.settings import ALGORITHMS, fail, make_parser
+from plumbing.settings import ALGORITHMS, BEFORE_THE_FLAG, fail, make_parser
 
 STARTED = time.time()  # wall-clock start (importing this module comes before the slow TensorFlow import)
 CHECKPOINT = "checkpoint.npz"
@@ -60,9 +60,10 @@ def resumable_run(run_dir: Path, algo: str) -> argparse.Namespace:
                  "start it again as a new run")
         fail(f"{run_dir} has no resume state; pass a run directory written by {script}, e.g. runs/<name>")
     try:
-        # Flags added since the run was written take their defaults (their behaviour before they existed).
+        # Flags added since the run was written take their behaviour before they existed.
         defaults = vars(make_parser(algo).parse_args([]))
-        saved = argparse.Namespace(**{**defaults, **json.loads((run_dir / "args.json").read_text())})
+        before = {name: value for name, value in BEFORE_THE_FLAG.items() if name in defaults}
+        saved = argparse.Namespace(**{**defaults, **before, **json.loads((run_dir / "args.json").read_text())})
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     except (OSError, ValueError, TypeError) as e:
         fail(f"{run_dir}'s args.json or summary.json is not readable ({e}); start a new run")

@@ -2,6 +2,7 @@
 the numpy actor against its network, short real trainings that beat a random agent by far, Ctrl-C
 and --resume, playing a snapshot, and the one-line errors."""
 
+import json
 import math
 import os
 import signal
@@ -186,6 +187,27 @@ def test_a2c_stopped_by_ctrl_c_resumes_and_learns_acrobot(tmp_path, capsys):
     played = main_code(a2c.main, "--model", run_dir / "final.keras", "--env", "Acrobot-v1", "--eval", "--episodes", 3)
     assert played == 0
     assert "Acrobot-v1: mean return" in capsys.readouterr().out
+
+
+def test_a_run_from_before_the_normalisation_flags_resumes_as_it_started(tmp_path):
+    def interrupted(args, state, seed):  # Ctrl-C pressed in the 4th batch
+        for i, batch in enumerate(a2c.rollouts(args, state, seed)):
+            if i == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    run_dir = tmp_path / "old"
+    args = ["--activation", "relu", "--no-normalize-observations", "--no-scale-rewards", "--steps", 1_000,
+            "--eval-every", 0, "--final-eval-episodes", 0, "--logdir", tmp_path, "--name", "old"]
+    assert main_code(lambda argv: policy_gradient.main(argv, "a2c", interrupted), *args) == 130
+    saved = json.loads((run_dir / "args.json").read_text())
+    for name in ("activation", "normalize_observations", "scale_rewards"):  # as such a run's args.json was
+        del saved[name]
+    (run_dir / "args.json").write_text(json.dumps(saved))
+    assert main_code(a2c.main, "--resume", run_dir) == 0
+    assert summary(run_dir)["status"] == "finished"
+    assert [layer.name for layer in load_model(str(run_dir / "last.keras"), make_env("CartPole-v1"), True).layers
+            if layer.name == "standardize"] == []
 
 
 @pytest.mark.parametrize("args, message", [
