@@ -1,12 +1,13 @@
 """Atari from pixels: the evaluation env's preprocessing, the training games' episodes and what
 the loop stores of them, and a short real Pong training that plays back."""
 
+import csv
 import json
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from conftest import run_main, scalars
+from conftest import run_main, scalars, script
 
 from frame_replay import FrameReplayBuffer
 from plumbing.envs import AtariGames, make_env, run_games
@@ -155,12 +156,12 @@ def test_every_variant_learns_on_the_conv_network(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys):
+def test_a_short_pong_training_runs_its_snapshot_plays_back_and_it_enters_the_atari_table(tmp_path, capsys):
     assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "4", "--steps", "800",
                     "--learning-starts", "400", "--train-freq", "40", "--gradient-steps", "2", "--buffer-size", "4000",
-                    "--eval-every", "0", "--final-eval-episodes", "1", "--no-keep-best",
-                    "--snapshot-every", "400", "--log-every", "400", "--logdir", tmp_path, "--name", "pong") == 0
-    run_dir = tmp_path / "pong"
+                    "--eval-every", "0", "--final-eval-episodes", "1", "--no-keep-best", "--snapshot-every", "400",
+                    "--log-every", "400", "--logdir", tmp_path / "runs", "--name", "pong") == 0
+    run_dir = tmp_path / "runs" / "pong"  # tmp_path is laid out as a bench
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "finished" and s["steps"] == 800
     assert (run_dir / "step_400.keras").is_file() and (run_dir / "checkpoint.npz").is_file()
@@ -174,3 +175,20 @@ def test_a_short_pong_training_runs_and_its_snapshot_plays_back(tmp_path, capsys
                     "--episodes", "1", "--gif", gif, "--seed", "3") == 0
     assert "ALE/Pong-v5: mean return" in capsys.readouterr().out
     assert len(iio.imread(gif)) > 100  # a whole game, every 2nd frame
+
+    # tools/atari_table.py: the run replaces its game's old rows in the CSV, the other game's stay
+    evals = tmp_path / "evals.csv"
+    evals.write_text("game,seed,step,episodes,score\nPong,0,2000000,20,18.0\n"
+                     "Breakout,0,100000,5,7.0\nBreakout,0,200000,20,11.7\nBreakout,0,200000,5,14.0\n")
+    r = script("tools/atari_table.py", tmp_path, "--evals", evals, "--plot", tmp_path / "atari.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(evals.open()))
+    assert [(row["game"], row["step"], row["episodes"]) for row in rows] == \
+        [("Breakout", "100000", "5"), ("Breakout", "200000", "20"), ("Breakout", "200000", "5"), ("Pong", "800", "1")]
+    assert float(rows[-1]["score"]) == s["final_eval_mean"]
+    pong = (s["final_eval_mean"] + 20.7) / (9.3 + 20.7)  # Mnih et al. 2015's random and human Pong scores
+    breakout = (11.7 - 1.7) / (31.8 - 1.7)  # the 20-game row, not the 5-game ones
+    assert f"| Pong | {s['final_eval_mean']:.1f} | {pong:.2f} | 20 | 800 | 22 | " in r.stdout
+    assert f"| Breakout | 11.7 | {breakout:.2f} | 168 | - | - | - | - |" in r.stdout
+    assert f"median human-normalised score over 2 games: {(pong + breakout) / 2:.2f}" in r.stdout
+    assert iio.imread(tmp_path / "atari.png").shape[1] == 720  # two panels of 3.6 inches at 100 dpi

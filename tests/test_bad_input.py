@@ -51,6 +51,15 @@ def test_speed_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, message", [(["nowhere", "--evals", "e.csv"], "nowhere is not a bench directory"),
+                                           (["--evals", "e.csv"], "no finished run"),
+                                           (["--evals", "results.csv"], "results.csv is not a CSV of evaluations")])
+def test_atari_table_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    (tmp_path / "results.csv").write_text("config,seed,status\nenv=ALE/Pong-v5,0,finished\n")
+    assert message in one_line_exit_2(script("tools/atari_table.py", *args, cwd=tmp_path), "atari_table.py")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["results.csv"]  # nothing written
+
+
 @pytest.mark.parametrize("name, args", [("see.py", []), ("run.py", ["--model", "MODEL", "--view"])])
 def test_window_without_a_display_is_a_clear_error(trained_run, tmp_path, name, args):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
