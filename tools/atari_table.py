@@ -44,16 +44,21 @@ def game_of(env_id: str) -> str:
 
 
 def atari_runs(bench: Path) -> list[dict]:
-    """The finished runs of a bench directory on the 2013 paper's games, as their summary.json."""
-    runs = [json.loads(f.read_text()) for f in sorted((bench / "runs").glob("*/summary.json"))]
+    """The finished runs of a bench directory on the 2013 paper's games: their summary.json and
+    the number of games of their evaluations along the way."""
+    runs = []
+    for summary in sorted((bench / "runs").glob("*/summary.json")):
+        args = json.loads((summary.parent / "args.json").read_text())
+        runs.append({**json.loads(summary.read_text()), "eval_episodes": args["eval_episodes"]})
     return [r for r in runs if r["env"].startswith("ALE/") and r["status"] == "finished"
             and game_of(r["env"]) in DQN_2013]  # the table's references are for the paper's seven
 
 
 def eval_rows(run: dict) -> list[dict]:
-    """A run's 5-game evaluations along the way and its final evaluation, as CSV rows."""
+    """A run's evaluations along the way and its final one, as CSV rows."""
     game, seed = game_of(run["env"]), run["seed"]
-    rows = [dict(game=game, seed=seed, step=step, episodes=5, score=score) for step, score in run["evals"]]
+    rows = [dict(game=game, seed=seed, step=step, episodes=run["eval_episodes"], score=score)
+            for step, score in run["evals"]]
     rows.append(dict(game=game, seed=seed, step=run["steps"], episodes=run["final_eval_episodes"],
                      score=run["final_eval_mean"]))
     return rows
@@ -90,20 +95,20 @@ def human_normalised(game: str, score: float) -> float:
     return (score - random) / (human - random)
 
 
-def final_scores(rows: list[dict]) -> dict[str, float]:
-    """Each game's final evaluation: the row with the most episodes, the last one if tied."""
-    best: dict[str, dict] = {}
+def final_rows(rows: list[dict]) -> dict[str, dict]:
+    """Each game's final evaluation: its row with the most games, the last one if tied."""
+    final: dict[str, dict] = {}
     for row in rows:
-        if row["game"] not in best or row["episodes"] >= best[row["game"]]["episodes"]:
-            best[row["game"]] = row
-    return {game: row["score"] for game, row in best.items()}
+        if row["game"] not in final or row["episodes"] >= final[row["game"]]["episodes"]:
+            final[row["game"]] = row
+    return final
 
 
 def table(rows: list[dict], runs: list[dict]) -> str:
     by_game = {game_of(r["env"]): r for r in runs}
-    lines = ["| game | final score, 20 games | human-normalised | 2013 DQN | env steps | gradient steps | "
+    lines = ["| game | final score | human-normalised | 2013 DQN | env steps | gradient steps | "
              "wall minutes | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    finals = final_scores(rows)
+    finals = {game: row["score"] for game, row in final_rows(rows).items()}
     for game, score in sorted(finals.items()):
         r = by_game.get(game)
         run = (f"{r['steps']:,} | {r['gradient_steps']:,} | {r['wall_seconds'] / 60:.0f} | {r['peak_rss_mb']:,.0f}"
@@ -115,18 +120,19 @@ def table(rows: list[dict], runs: list[dict]) -> str:
 
 
 def figure(rows: list[dict]):
-    """One panel a game: its 5-game evaluations against env steps, with the references as lines."""
+    """One panel a game: its evaluations along the way against env steps, the references as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    games = sorted({row["game"] for row in rows})
+    finals = final_rows(rows)
+    games = sorted(finals)
     columns = min(len(games), 4)
     lines = -(-len(games) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(3.6 * columns, 2.9 * lines), squeeze=False)
     for ax, game in zip(axes.flat, games, strict=False):
-        curve = [(row["step"], row["score"]) for row in rows if row["game"] == game and row["episodes"] == 5]
+        curve = [(row["step"], row["score"]) for row in rows if row["game"] == game and row is not finals[game]]
         if curve:
             ax.plot(*zip(*curve, strict=True), color="C0", label="DQN, greedy")
         random, human = RANDOM_AND_HUMAN[game]
@@ -142,7 +148,7 @@ def figure(rows: list[dict]):
     legend_at = spare[0] if len(spare) else axes.flat[0]  # an empty panel holds the legend if there is one
     legend_at.legend(*axes.flat[0].get_legend_handles_labels(), loc="center" if len(spare) else "best", fontsize=8)
     fig.supxlabel("environment steps", fontsize=9)
-    fig.supylabel("5-game evaluation score", fontsize=9)
+    fig.supylabel("greedy evaluation score", fontsize=9)
     fig.tight_layout()
     return fig
 
