@@ -451,7 +451,7 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
 def play(args: argparse.Namespace) -> None:
     """--model PATH with --view, --eval, --video and/or --gif: the most probable action at each step."""
     actor = ActorCritic(load_model(args.model, make_env(args.env), actor_critic=True))
-    play_saved(args, play_env(args.env, args.view, args.video, args.gif), actor.greedy)
+    play_saved(args, play_env(args.env, args.view, args.video, args.gif, args.gif_steps), actor.greedy)
 
 
 def main(argv: list[str] | None, algo: str, collect: Collect) -> int:

@@ -400,7 +400,7 @@ def play(args: argparse.Namespace) -> int:
     if args.export:
         print("wrote", *serving.export(model, args.env, args.export))
     if args.view or args.eval or args.video or args.gif:
-        play_saved(args, play_env(args.env, args.view, args.video, args.gif),
+        play_saved(args, play_env(args.env, args.view, args.video, args.gif, args.gif_steps),
                    lambda obs: int(greedy_actions(q_values, obs[None])[0]))
     return 0
 

@@ -17,7 +17,7 @@ import sys
 
 from plumbing.envs import make_env, play_env, play_saved
 from plumbing.serving import check_fits, onnx_q_values
-from plumbing.settings import Parser, fail
+from plumbing.settings import Parser, check_gif_steps, fail
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,17 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", action="store_true", help="print only the mean ± std and 'solved'")
     p.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR (no window)")
     p.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF (no window)")
+    p.add_argument("--gif-steps", type=int, metavar="N", default=None,
+                   help="only the first N steps of it in the GIF (default: the whole episode)")
     args = p.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         fail(f"--episodes must be at least 1, got {args.episodes}")
     if args.view and (args.video or args.gif):
         fail("--view renders to a window, --video/--gif to files: use one or the other")
+    check_gif_steps(args)
     q_values, expects = onnx_q_values(args.policy) if args.policy else (None, {})
     args.env = args.env or expects.get("env_id") or "MountainCar-v0"
     if q_values:
         check_fits(args.policy, expects, make_env(args.env))  # before a window opens
     view = args.view or not (args.eval or args.video or args.gif)
-    env = play_env(args.env, view=view, video=args.video, gif=args.gif)
+    env = play_env(args.env, view=view, video=args.video, gif=args.gif, gif_steps=args.gif_steps)
     env.action_space.seed(args.seed)
     policy = (lambda obs: int(q_values(obs[None])[0].argmax())) if q_values else lambda obs: env.action_space.sample()
     play_saved(args, env, policy)

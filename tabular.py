@@ -239,7 +239,7 @@ def finish(args: argparse.Namespace, tables: dict, p: Progress, status: str, eva
 
 def play(args: argparse.Namespace) -> None:
     """--model TABLE.npy with --view, --eval, --video and/or --gif."""
-    env = play_env(args.env, args.view, args.video, args.gif)
+    env = play_env(args.env, args.view, args.video, args.gif, args.gif_steps)
     q, bins, tilings = load_table(args.model, env)
     play_saved(args, make_table_env(args.env, bins, tilings, env), lambda s: int(np.argmax(q_row(q, s))))
 

@@ -271,8 +271,35 @@ class ShowInWindow(gym.Wrapper):
         super().close()
 
 
-def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str | None = None) -> gym.Env:
-    """An env to watch: shown in a window, recorded as mp4s and/or collecting GIF frames."""
+class FirstEpisodeFrames(gym.Wrapper):
+    """--gif's frames: those of the first episode, its first `limit` steps if given. A long Atari game
+    (thousands of steps of 100 KB frames) would otherwise fill memory and make a GIF of megabytes."""
+
+    def __init__(self, env: gym.Env, limit: int | None = None):
+        super().__init__(env)
+        self.frames, self.limit, self.episodes, self.steps = [], limit, 0, 0
+
+    def reset(self, **kwargs):
+        self.episodes += 1
+        result = self.env.reset(**kwargs)
+        self.keep()
+        return result
+
+    def step(self, action):
+        result = self.env.step(action)
+        if self.episodes == 1:
+            self.steps += 1
+        self.keep()
+        return result
+
+    def keep(self) -> None:
+        if self.episodes == 1 and (self.limit is None or self.steps <= self.limit):
+            self.frames.append(self.env.render())
+
+
+def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str | None = None,
+             gif_steps: int | None = None) -> gym.Env:
+    """An env to watch: shown in a window, recorded as mp4s and/or keeping frames for a GIF."""
     headless = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"))
     if view and sys.platform.startswith("linux") and headless:
         fail("no display to open a window on; use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
@@ -286,7 +313,7 @@ def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str
     if video:
         env = gym.wrappers.RecordVideo(env, video, episode_trigger=lambda _: True, disable_logger=True)
     if gif:
-        env = gym.wrappers.RenderCollection(env)  # env.render() returns the frames since the last call
+        env = FirstEpisodeFrames(env, gif_steps)
     return env
 
 
@@ -302,7 +329,10 @@ def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | Non
             if not quiet:
                 print(f"episode {i + 1}: return {ret:.1f}", flush=True)
             if i == 0 and gif:
-                save_gif(env.render(), gif)
+                frames, steps = env.get_wrapper_attr("frames"), env.get_wrapper_attr("steps")
+                save_gif(frames, gif)
+                if len(frames) <= steps:  # a frame from the reset and one per step kept: some were left out
+                    print(f"{gif}: the first {len(frames) - 1:,} of the episode's {steps:,} steps", flush=True)
     except WindowError as e:
         fail(f"cannot open a window ({e}); use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
     except WindowClosed:

@@ -299,6 +299,8 @@ def add_play_flags(play, snapshot: str) -> None:
     play.add_argument("--eval", action="store_true", help="greedy evaluation; prints mean ± std and 'solved'")
     play.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR")
     play.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF")
+    play.add_argument("--gif-steps", type=int, metavar="N", default=None,
+                      help="only the first N steps of it in the GIF (default: the whole episode)")
     play.add_argument("--episodes", type=int, default=None, help="episodes to play (default: 100 with --eval, else 3)")
 
 
@@ -361,8 +363,16 @@ def check_args(a: argparse.Namespace) -> None:
         fail(f"--model needs something to do: add one of {uses}")
     if a.view and (a.video or a.gif):
         fail("--view renders to a window, --video/--gif to files: use one or the other")
+    check_gif_steps(a)
     if a.model and a.resume:
         fail("--model plays a snapshot and --resume continues training: use one of them")
+
+
+def check_gif_steps(a: argparse.Namespace) -> None:
+    if a.gif_steps is not None and not a.gif:
+        fail("--gif-steps N shortens the GIF that --gif FILE writes: add --gif FILE")
+    if a.gif_steps is not None and a.gif_steps < 1:
+        fail(f"--gif-steps must be at least 1, got {a.gif_steps}")
 
 
 def check_dqn_args(a: argparse.Namespace) -> None:

@@ -38,7 +38,8 @@ def test_a_bad_model_is_one_line_exit_2_with_tensorflow_loaded(tmp_path, onednn)
 
 @pytest.mark.parametrize("args, message", [(["--episodes", "0"], "--episodes must be at least 1"),
                                            (["--episodes", "x"], "invalid int value"),
-                                           (["--env", "Pendulum-v1", "--video", "v"], "DQN needs Discrete actions")])
+                                           (["--env", "Pendulum-v1", "--video", "v"], "DQN needs Discrete actions"),
+                                           (["--gif-steps", "9"], "add --gif FILE")])
 def test_see_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert message in one_line_exit_2(script("see.py", *args, cwd=tmp_path), "see.py")
 

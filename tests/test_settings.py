@@ -20,6 +20,8 @@ from plumbing import settings
     ("dqn", ["--view"], "add --model PATH"),
     ("dqn", ["--model", "m.keras"], "--model needs something to do"),
     ("dqn", ["--model", "m.keras", "--view", "--gif", "a.gif"], "use one or the other"),
+    ("dqn", ["--model", "m.keras", "--eval", "--gif-steps", "50"], "add --gif FILE"),
+    ("a2c", ["--model", "m.keras", "--gif", "a.gif", "--gif-steps", "0"], "--gif-steps must be at least 1"),
     ("dqn", ["--model", "m.keras", "--eval", "--resume", "runs/x"], "use one of them"),
     ("dqn", ["--episodes", "0"], "--episodes must be at least 1"),
     ("dqn", ["--seed", "-1"], "--seed must be in [0, 2**31)"),

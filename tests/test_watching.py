@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from conftest import ROOT, imported_modules, run_main, script
@@ -140,7 +141,12 @@ def test_see_random_agent_records_video_without_loading_tensorflow(tmp_path):
     assert "gymnasium" in imported and not {"tensorflow", "keras"} & imported
 
 
-def test_see_plays_an_atari_game_without_the_emulators_greeting(tmp_path):
-    r = script("see.py", "--env", "ALE/Pong-v5", "--episodes", "1", "--gif", "pong.gif", cwd=tmp_path)
+def test_see_plays_an_atari_game_without_the_emulators_greeting_and_gifs_its_start(tmp_path):
+    r = script("see.py", "--env", "ALE/Pong-v5", "--episodes", "2", "--gif", "pong.gif", "--gif-steps", "100",
+               cwd=tmp_path)
     assert r.returncode == 0 and r.stderr == "", r.stderr  # ale_py writes two lines from C++ at its first env
-    assert re.fullmatch(r"episode 1: return -\d+\.0\n", r.stdout) and (tmp_path / "pong.gif").is_file()
+    cut = re.fullmatch(r"episode 1: return -\d+\.0\npong\.gif: the first 100 of the episode's ([\d,]+) steps\n"
+                       r"episode 2: return -\d+\.0\n", r.stdout)
+    assert cut and int(cut[1].replace(",", "")) > 700, r.stdout  # a random agent's game of Pong is longer
+    # the reset's frame and 100 steps' frames, every 2nd: 51 (the GIF writer may merge identical ones)
+    assert 40 <= len(iio.imread(tmp_path / "pong.gif", index=None)) <= 51
