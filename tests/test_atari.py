@@ -188,7 +188,7 @@ def test_a_short_pong_training_runs_its_snapshot_plays_back_and_it_enters_the_at
     assert float(rows[-1]["score"]) == s["final_eval_mean"]
     pong = (s["final_eval_mean"] + 20.7) / (9.3 + 20.7)  # Mnih et al. 2015's random and human Pong scores
     breakout = (11.7 - 1.7) / (31.8 - 1.7)  # the 20-game row, not the 5-game ones
-    assert f"| Pong | {s['final_eval_mean']:.1f} | {pong:.2f} | 20 | 800 | 22 | " in r.stdout
+    assert f"| Pong | {s['final_eval_mean']:g} | {pong:.2f} | 20 | 800 | 22 | " in r.stdout
     assert f"| Breakout | 11.7 | {breakout:.2f} | 168 | - | - | - | - |" in r.stdout
     assert f"median human-normalised score over 2 games: {(pong + breakout) / 2:.2f}" in r.stdout
     assert iio.imread(tmp_path / "atari.png").shape[1] == 720  # two panels of 3.6 inches at 100 dpi

@@ -113,7 +113,7 @@ def table(rows: list[dict], runs: list[dict]) -> str:
         r = by_game.get(game)
         run = (f"{r['steps']:,} | {r['gradient_steps']:,} | {r['wall_seconds'] / 60:.0f} | {r['peak_rss_mb']:,.0f}"
                if r else "- | - | - | -")
-        lines.append(f"| {game} | {score:.1f} | {human_normalised(game, score):.2f} | {DQN_2013[game]} | {run} |")
+        lines.append(f"| {game} | {score:g} | {human_normalised(game, score):.2f} | {DQN_2013[game]} | {run} |")
     median = statistics.median(human_normalised(g, s) for g, s in finals.items())
     lines.append(f"\nmedian human-normalised score over {len(finals)} games: {median:.2f}")
     return "\n".join(lines)
