@@ -44,8 +44,9 @@ def script(name: str, *args, cwd: Path, timeout: float = 300, env: dict | None =
     adds variables to the environment, or removes those given as None."""
     full = {**os.environ, "SDL_VIDEODRIVER": "dummy", **(env or {})}
     full = {k: v for k, v in full.items() if v is not None}
-    return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full, **popen)
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}  # captured, unless given
+    return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd, text=True, timeout=timeout,
+                          env=full, **streams)
 
 
 def imported_modules(r: subprocess.CompletedProcess) -> set[str]:
@@ -103,3 +104,32 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# ------------------------------------------------------------------ two code paths, one network
+# Two code paths for one network (numpy and Keras, eager and compiled, Keras and ONNX or LiteRT, one
+# observation or a batch) add the same products in another order, with kernels that each CPU picks for
+# itself (oneDNN, XLA, BLAS). They agree to a few float32 roundings of the largest numbers involved, not
+# of each result: a Q-value near 0 can differ by more than its own size, and one near -54 by three ulps
+# (1.1e-5, seen on an AMD Zen 5). So the tolerance is relative to the largest |value| compared: 1e-5 of
+# it is ~80 ulps, 3.5 times the largest difference these tests saw (2.8e-6 of it, Zen 5 with AVX2
+# kernels), and far below what a wrong weight, layer or mask gives (differences of the values' own size). Tests that compare two paths are marked
+# `numerics`; CI runs them again with the instruction set capped at AVX2 (.ci/run).
+ACROSS_PATHS = 1e-5
+
+
+def assert_close_across_paths(got, expected, rel: float = ACROSS_PATHS) -> None:
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=rel * np.abs(expected).max())
+
+
+def assert_same_greedy_actions(actions, expected_q, rel: float = ACROSS_PATHS, decisive: float = 0.9) -> None:
+    """`actions` are argmax_a of `expected_q` wherever its top two values are further apart than two
+    paths can differ (twice the tolerance above); at a closer near-tie either action is right, and
+    the two paths may pick differently. At least a `decisive` share of the rows must be checked."""
+    expected_q = np.asarray(expected_q, np.float64)
+    top_two = np.sort(expected_q, axis=1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * rel * np.abs(expected_q).max()
+    assert clear.mean() >= decisive, f"only {clear.sum()} of {len(clear)} states have a clear greedy action"
+    np.testing.assert_array_equal(np.asarray(actions)[clear], expected_q.argmax(axis=1)[clear])

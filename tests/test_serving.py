@@ -7,7 +7,14 @@ import re
 import keras
 import numpy as np
 import pytest
-from conftest import imported_modules, one_line_exit_2, run_main, script
+from conftest import (
+    assert_close_across_paths,
+    assert_same_greedy_actions,
+    imported_modules,
+    one_line_exit_2,
+    run_main,
+    script,
+)
 
 
 def env_observations(env, count: int, seed: int = 0) -> np.ndarray:
@@ -23,17 +30,20 @@ def env_observations(env, count: int, seed: int = 0) -> np.ndarray:
     return np.stack(seen)
 
 
-def greedy_play(env, q_values, episodes: int = 20, seed: int = 100) -> tuple[list[float], list[int]]:
-    """The returns of `episodes` seeded greedy episodes, and every action taken in them."""
+def greedy_play(env, q_values, episodes: int = 20, seed: int = 100) -> tuple[np.ndarray, list[int]]:
+    """Every observation of `episodes` seeded greedy episodes, and the action taken at each."""
     from plumbing.envs import run_episodes
 
-    actions = []
+    seen, actions = [], []
 
     def act(obs):
-        actions.append(int(np.argmax(q_values(np.asarray(obs)[None])[0])))
+        seen.append(np.asarray(obs))
+        actions.append(int(np.argmax(q_values(seen[-1][None])[0])))
         return actions[-1]
 
-    return list(run_episodes(env, act, episodes, seed)), actions
+    for _ in run_episodes(env, act, episodes, seed):
+        pass
+    return np.stack(seen), actions
 
 
 # (env, dueling): a dense MountainCar net, a dueling one, and the Nature conv net on an Atari game
@@ -93,24 +103,30 @@ def litert_q(served):
     return q
 
 
+# An export runs the network on another runtime (onnxruntime, TensorFlow's SavedModel, LiteRT), each with
+# kernels of its own: the same tolerance as any two paths (conftest.py), relative to the largest Q-value.
+@pytest.mark.numerics
 @pytest.mark.parametrize("loader", [onnx_q, saved_model_q, litert_q])
 def test_every_export_gives_the_keras_q_values(exported, loader):
     env, keras_q, served = exported
     obs = env_observations(env, 1000)
     expected, got = keras_q(obs), loader(served)(obs)
     assert got.shape == expected.shape == (1000, env.action_space.n)
-    assert np.abs(got - expected).max() <= 1e-4
+    assert_close_across_paths(got, expected)
     assert np.ptp(expected) > 1e-3  # the observations differ, and so do their Q-values
 
 
-def test_the_onnx_and_saved_model_exports_play_the_same_greedy_episodes(exported):
+@pytest.mark.numerics
+def test_the_onnx_and_saved_model_exports_pick_the_greedy_actions_run_py_picks(exported):
+    """On every state of 20 greedy episodes as run.py --model plays them. Whole episodes are not
+    compared: one near-tie that the two runtimes break differently sends an episode elsewhere."""
     from run import QValues
 
     env, keras_q, served = exported
-    returns, actions = greedy_play(env, QValues(keras_q.model))  # as run.py --model plays it
+    states, actions = greedy_play(env, QValues(keras_q.model))
     assert len(set(actions)) > 1  # a policy that always took one action would prove little
-    assert greedy_play(env, onnx_q(served)) == (returns, actions)
-    assert greedy_play(env, saved_model_q(served)) == (returns, actions)
+    for export in (onnx_q(served), saved_model_q(served)):
+        assert_same_greedy_actions(export(states).argmax(axis=1), keras_q(states))
 
 
 def test_the_onnx_file_names_its_env(exported):
@@ -122,9 +138,11 @@ def test_the_onnx_file_names_its_env(exported):
     assert expects["shape"] == env.observation_space.shape
 
 
+@pytest.mark.numerics
 def test_see_plays_an_onnx_policy_without_tensorflow_as_run_py_plays_the_model(trained_run, tmp_path):
     assert run_main("--model", trained_run / "final.keras", "--export", tmp_path / "served") == 0
-    keras_run = script("run.py", "--model", trained_run / "final.keras", "--eval", "--episodes", "20", cwd=tmp_path)
+    keras_run = script("run.py", "--model", trained_run / "final.keras", "--eval", "--episodes", "20", "--seed", "0",
+                       cwd=tmp_path)  # see.py's seed
     onnx_run = script("see.py", "--policy", "served/model.onnx", "--eval", "--episodes", "20", cwd=tmp_path,
                       env={"PYTHONPROFILEIMPORTTIME": "1"})
     imported = imported_modules(onnx_run)
@@ -132,7 +150,10 @@ def test_see_plays_an_onnx_policy_without_tensorflow_as_run_py_plays_the_model(t
     assert "onnxruntime" in imported and not {"tensorflow", "keras"} & imported
     line = onnx_run.stdout.strip().splitlines()[-1]  # MountainCar-v0 from the file's metadata, not a default
     assert re.fullmatch(r"MountainCar-v0: mean return -?\d+\.\d ± \d+\.\d over 20 episodes; solved: (yes|no) .*", line)
-    assert line == keras_run.stdout.strip().splitlines()[-1]
+    # The same 20 start states, played by two runtimes: a near-tie either breaks differently can send one
+    # episode elsewhere, and one of 20 returns in [-200, 0] moves the mean by at most 10.
+    keras_mean = float(keras_run.stdout.strip().splitlines()[-1].split()[3])
+    assert abs(float(line.split()[3]) - keras_mean) <= 10
 
 
 def test_see_writes_a_gif_of_an_onnx_policy(trained_run, tmp_path):
@@ -147,6 +168,7 @@ def test_see_writes_a_gif_of_an_onnx_policy(trained_run, tmp_path):
 # ---------------------------------------------------------------------------- the picture
 
 
+@pytest.mark.numerics
 def test_the_value_map_is_the_networks_max_and_argmax_on_the_grid(trained_run):
     import value_map
     from plumbing.envs import make_env
@@ -157,11 +179,11 @@ def test_the_value_map_is_the_networks_max_and_argmax_on_the_grid(trained_run):
     q_values = QValues(load_model(str(trained_run / "final.keras"), env))
     xs, ys, values, actions = value_map.value_and_policy(env, q_values, resolution=7)
     assert np.allclose(xs, np.linspace(-1.2, 0.6, 7)) and np.allclose(ys, np.linspace(-0.07, 0.07, 7))
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            scaled = np.array([[2 * (x + 1.2) / 1.8 - 1, 2 * (y + 0.07) / 0.14 - 1]], np.float32)  # to [-1, 1]
-            q = q_values.model([scaled, np.ones((1, 3), np.float32)]).numpy()[0]
-            assert values[i, j] == pytest.approx(q.max(), abs=1e-5) and actions[i, j] == q.argmax()
+    x, y = np.meshgrid(xs, ys)  # row i is velocity ys[i], column j position xs[j]
+    scaled = np.stack([2 * (x + 1.2) / 1.8 - 1, 2 * (y + 0.07) / 0.14 - 1], axis=-1).reshape(-1, 2)  # to [-1, 1]
+    q = q_values.model([scaled.astype(np.float32), np.ones((len(scaled), 3), np.float32)]).numpy()  # Keras' path
+    assert_close_across_paths(values.ravel(), q.max(axis=1))
+    assert_same_greedy_actions(actions.ravel(), q, decisive=0.8)  # a short training: a few states near a tie
 
 
 def test_plot_writes_a_png_of_both_maps(trained_run, tmp_path):
