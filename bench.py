@@ -18,13 +18,11 @@ Speed and memory have their own script: tools/speed.py.
 import argparse
 import contextlib
 import csv
-import ctypes
 import itertools
 import json
 import logging
 import os
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -42,6 +40,7 @@ from plumbing import (
 )
 from plumbing.atomic import write_atomically, write_text_atomically
 from plumbing.startup import quiet_stderr
+from plumbing.system import ending_with_parent, usable_cores
 
 HERE = Path(__file__).resolve().parent
 
@@ -118,22 +117,16 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
         trial_algo = config.get("algo", algo)
         flags = [*config_flags(config, trial_algo), *common]
         # a bad value fails here, in one line, not in every trial
-        settings.parse_args([*flags, "--seed", str(seed)], trial_algo)
+        threads = getattr(settings.parse_args([*flags, "--seed", str(seed)], trial_algo), "threads", 1)
+        if threads > 1 and "--threads" not in flags:  # the Atari preset's, from this machine's cores: pinned, so
+            flags += ["--threads", str(threads)]  # the trial uses what it reserves, and a resumed bench keeps it
         run_dir = str((root / "runs" / name).resolve())
         trials.append(dict(name=name, config=label, seed=seed, script=settings.ALGORITHMS[trial_algo].script,
-                           flags=flags, run_dir=run_dir))
+                           flags=flags, run_dir=run_dir, threads=threads))
     return trials
 
 
 # ------------------------------------------------------ running one trial, and many
-
-
-def die_with_parent() -> None:
-    """Linux: when the process that started run.py dies (Ray cancelling a trial, Ctrl-C, `kill`),
-    run.py gets SIGTERM, so it saves a snapshot and --resume can continue it. Not SIGINT: the signal
-    comes again each time a thread the child is handed to ends, and a second SIGINT kills."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def run_trial(trial: dict) -> dict:
@@ -157,7 +150,7 @@ def run_trial(trial: dict) -> dict:
     with open(log_file, "a") as log:
         script = HERE / trial.get("script", "run.py")  # benches from before algo= ran only run.py
         proc = subprocess.run([sys.executable, str(script), *cmd], stdout=log, stderr=subprocess.STDOUT,
-                              preexec_fn=die_with_parent)
+                              **ending_with_parent())
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
     error = None
     if proc.returncode != 0:  # run.py's last line says why (a one-line error, or how it stopped)
@@ -167,9 +160,19 @@ def run_trial(trial: dict) -> dict:
             "process_seconds": round(time.time() - started, 1)}
 
 
-def run_in_processes(trials: list[dict], parallel: int, on_done) -> list[dict]:
-    """Without Ray: `parallel` trainings at a time on this machine, in plain processes."""
-    with ThreadPoolExecutor(parallel) as pool:
+def trial_threads(trial: dict) -> int:
+    return trial.get("threads", 1)  # benches written before trials recorded it ran one thread each
+
+
+def fitting(trials: list[dict]) -> int:
+    """How many of these trials run at once on this machine's cores without sharing one."""
+    return max(1, usable_cores() // max(map(trial_threads, trials)))
+
+
+def run_in_processes(trials: list[dict], parallel: int | None, on_done) -> list[dict]:
+    """Without Ray: `parallel` trainings at a time on this machine (default: as many as its cores fit), in
+    plain processes."""
+    with ThreadPoolExecutor(parallel or fitting(trials)) as pool:
         futures = [pool.submit(run_trial, t) for t in trials]
         results = []
         for f in as_completed(futures):
@@ -198,7 +201,7 @@ def start_ray(address: str | None, name: str) -> None:
     try:
         # Only around joining a cluster: a local start's services would inherit the held-back stderr.
         with quiet_stderr(RAY_RETRIES) if address else contextlib.nullcontext():
-            ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+            ray.init(address=address, num_cpus=None if address else usable_cores(), include_dashboard=False,
                      log_to_driver=False, logging_level=logging.ERROR)
     except ConnectionError as e:
         settings.fail(f"cannot connect to the Ray cluster at {address} ({e}). Check the address; if the cluster "
@@ -207,7 +210,8 @@ def start_ray(address: str | None, name: str) -> None:
 
 
 def run_on_ray(trials: list[dict], parallel: int | None, root: Path, on_done) -> list[dict]:
-    """Each trial is a Ray Tune trial using one CPU, on the Ray that start_ray started or joined.
+    """Each trial is a Ray Tune trial reserving a CPU per thread it trains with, on the Ray that start_ray started
+    or joined.
     A cluster's nodes need this repository at the same path with its requirements installed."""
     import ray
     from ray import tune
@@ -225,7 +229,9 @@ def run_on_ray(trials: list[dict], parallel: int | None, root: Path, on_done) ->
             on_done(crashed(trial.config["trial"]))
 
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
+        # Each trial reserves as many CPUs as its training's threads: Ray runs as many at once as fit.
+        tune.with_resources(trainable, lambda config: tune.PlacementGroupFactory([{"CPU": trial_threads(
+            config["trial"])}])),
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(max_concurrent_trials=parallel),
         run_config=tune.RunConfig(name="tune", storage_path=str(root.resolve()), verbose=0, callbacks=[Progress()],
@@ -437,7 +443,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--address", default=None,
                    help="a running Ray cluster (auto, or ray://host:port); default: start Ray here on all cores")
     p.add_argument("--parallel", type=int, default=None,
-                   help="at most this many trainings at a time (default: one per core Ray has)")
+                   help="at most this many trainings at a time (default: as many as the cores fit, one core per "
+                        "training thread: Atari trainings use several)")
     p.add_argument("--no-ray", action="store_true",
                    help="run the trainings as plain processes here instead (the baseline for Ray's overhead)")
     p.add_argument("--plot", default=None, help="where to write the curves (default: LOGDIR/NAME/curves.png)")
@@ -479,7 +486,7 @@ def main() -> int:
         start_ray(a.address, name)
     print(f"{len(trials)} trials: {len(kept)} already finished, {len(todo)} to run "
           f"({'plain processes' if a.no_ray else 'Ray, ' + (a.address or 'local')})", file=sys.stderr)
-    bar = tqdm(total=len(todo), desc="trials", unit="trial")
+    bar = tqdm(total=len(todo), desc="trials", unit="trial", disable=None)
 
     def on_done(r: dict) -> None:
         bar.update(1)
@@ -489,7 +496,7 @@ def main() -> int:
     started = time.time()
     if todo:
         if a.no_ray:
-            new = run_in_processes(todo, a.parallel or os.cpu_count(), on_done)
+            new = run_in_processes(todo, a.parallel, on_done)
         else:
             new = run_on_ray(todo, a.parallel, root, on_done)
         kept.update({r["name"]: r for r in new})

@@ -42,7 +42,7 @@ from plumbing import bookkeeping
 from plumbing.atomic import remove_leftovers
 from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
 from plumbing.keras_files import load_model, optimizer_variables, restore_optimizer, save_model
-from plumbing.settings import ALGORITHMS, fail, is_atari, parse_args
+from plumbing.settings import ALGORITHMS, fail, final_eval_seed, is_atari, parse_args
 from run import dense_torso, dense_weights  # the DQN network's torso, and the numpy copy of its weights
 
 # ------------------------------------------------------------------------------ returns
@@ -367,7 +367,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     p, update, model = state.progress, make_update(state.model, args), state.model
     clock, averages = bookkeeping.Stopwatch(p.train_seconds), Averages(p.step)
     with bookkeeping.CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step",
-                                             smoothing=0.05, mininterval=1) as bar:
+                                             smoothing=0.05, mininterval=1, disable=None) as bar:
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 batch = next(batches)
@@ -429,7 +429,7 @@ def finish(args: argparse.Namespace, state: TrainingState, status: str, eval_env
     if status != "finished":
         return None, None, None
     save_model(model, run_dir / "last.keras")
-    episodes, seed = args.final_eval_episodes, args.seed + 10_000  # the same start states for all
+    episodes, seed = args.final_eval_episodes, final_eval_seed(args.seed)  # the same start states for all
     last_returns = evaluate_episodes(eval_env, state.actor.greedy, episodes, seed) if episodes else None
     best_is_last = state.best_weights is None or p.best_eval_step == p.step
     if not best_is_last:

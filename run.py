@@ -285,7 +285,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, envs, obs: np.
         writer.start(env, obs[env])
     clock, averages, last_return = Stopwatch(p.train_seconds), Averages(p.step), float("nan")
     with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
-                                 mininterval=1) as bar:
+                                 mininterval=1, disable=None) as bar:  # no bar where stderr is not a terminal
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 before, step = p.step, p.step + envs.num_envs
@@ -367,7 +367,7 @@ def evaluate(env, q_values: QValues, episodes: int, seed: int | None = None) -> 
         returns = run_games(env, functools.partial(greedy_actions, q_values), episodes, seed)
     else:
         returns = run_episodes(env, lambda obs: int(greedy_actions(q_values, obs[None])[0]), episodes, seed)
-    return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False)))
+    return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False, disable=None)))
 
 
 def evaluate_periodically(args: argparse.Namespace, state: TrainingState, q_values: QValues, eval_env,

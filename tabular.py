@@ -44,7 +44,7 @@ from plumbing.bookkeeping import (
     write_summary,
 )
 from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
-from plumbing.settings import fail, is_atari, parse_args
+from plumbing.settings import fail, final_eval_seed, is_atari, parse_args
 
 MAX_CELLS = 10_000_000  # 80 MB of table per action beyond this: lower --bins
 
@@ -166,7 +166,7 @@ def training_loop(args: argparse.Namespace, tables: dict, p: Progress, rng: np.r
     q, episode_return = tables["q"], 0.0
     clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
     with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
-                                 mininterval=1) as bar:
+                                 mininterval=1, disable=None) as bar:  # no bar where stderr is not a terminal
         try:
             while p.step < args.steps and not ctrl_c.pressed:
                 p.step += 1
@@ -225,7 +225,7 @@ def finish(args: argparse.Namespace, tables: dict, p: Progress, status: str, eva
     save_table(tables["q"], run_dir / "last.npy", args.tilings)
     best = tables.get("best", tables["q"])
     save_table(best, run_dir / "final.npy", args.tilings)
-    episodes, seed = args.final_eval_episodes, args.seed + 10_000  # the same start states for both
+    episodes, seed = args.final_eval_episodes, final_eval_seed(args.seed)  # the same start states for both
     if not episodes:
         return None, None
     last_returns = evaluate(eval_env, tables["q"], episodes, seed)

@@ -9,9 +9,10 @@ and an fsync of the folder makes the rename itself survive a power cut.
 
 import fnmatch
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
+
+from plumbing.system import flush_folder, stop_self
 
 TMP_PREFIX = ".tmp-"  # ".tmp-final.keras": hidden, and it keeps the suffix Keras and numpy check
 
@@ -33,19 +34,11 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_folder(path.parent)
+    flush_folder(path.parent)
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(text))
-
-
-def fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def remove_leftovers(folder: Path) -> None:
@@ -56,8 +49,8 @@ def remove_leftovers(folder: Path) -> None:
 
 def pause_for_tests(name: str) -> None:
     """Tests only: with DQN_PAUSE_BEFORE_RENAME=PATTERN (e.g. "step_*.keras") the process stops
-    itself (SIGSTOP) when the temporary file of a matching name is complete but not yet renamed,
+    itself (system.stop_self) when the temporary file of a matching name is complete but not yet renamed,
     so that a test can kill it exactly there. Unset, this is one look-up per file written."""
     pattern = os.environ.get("DQN_PAUSE_BEFORE_RENAME")
     if pattern and fnmatch.fnmatch(name, pattern):
-        os.kill(os.getpid(), signal.SIGSTOP)
+        stop_self()

@@ -7,7 +7,6 @@ here: tabular.py uses it too.
 import argparse
 import dataclasses
 import json
-import resource
 import signal
 import sys
 import time
@@ -20,6 +19,7 @@ import numpy as np
 from plumbing.atomic import write_atomically, write_text_atomically
 from plumbing.envs import make_env
 from plumbing.settings import ALGORITHMS, BEFORE_THE_FLAG, fail, make_parser
+from plumbing.system import peak_memory_mib
 
 STARTED = time.time()  # wall-clock start (importing this module comes before the slow TensorFlow import)
 CHECKPOINT = "checkpoint.npz"
@@ -207,7 +207,7 @@ def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: 
         first_solved_seconds=p.first_solved_seconds, best_eval_step=p.best_eval_step, best_eval_mean=p.best_eval_mean,
         last_eval_mean=None if last_returns is None else float(last_returns.mean()),
         last_eval_std=None if last_returns is None else float(last_returns.std()),
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        peak_rss_mb=round(peak_memory_mib(), 1),
         evals=p.evals, **(extra or {}))
     if final_returns is not None:
         summary.update(final_eval_mean=float(final_returns.mean()), final_eval_std=float(final_returns.std()),
@@ -247,7 +247,7 @@ def report(args: argparse.Namespace, run_dir: Path, summary: dict, algo: str) ->
     if summary["final_eval_mean"] is not None:
         verdict = "" if summary["solved"] is None else f"  solved: {'yes' if summary['solved'] else 'no'}"
         print(f"final eval: {summary['final_eval_mean']:.1f} ± {summary['final_eval_std']:.1f} over "
-              f"{summary['final_eval_episodes']} episodes{verdict}")
+              f"{summary['final_eval_episodes']} episode{'s' * (summary['final_eval_episodes'] > 1)}{verdict}")
     updates = f" and {summary['gradient_steps']} gradient steps" if "gradient_steps" in summary else ""
     print(f"{summary['steps']} steps{updates} in {summary['wall_seconds']:.0f} s ({summary['steps_per_second']:.0f} "
           f"steps/s while training); saved in {run_dir}")

@@ -16,6 +16,7 @@ from plumbing import bookkeeping
 from plumbing.atomic import remove_leftovers
 from plumbing.bookkeeping import Progress, listed, numbered
 from plumbing.keras_files import optimizer_variables, restore_optimizer, save_model
+from plumbing.settings import final_eval_seed
 
 
 def save_checkpoint(run_dir: Path, state, progress: Progress | None = None) -> None:
@@ -54,7 +55,7 @@ def resume(run_dir: Path, state, epsilon_at: Callable[[int], float]) -> None:
     remove_leftovers(run_dir)
     step, threads = state.progress.step, tf.config.threading.get_intra_op_parallelism_threads()
     print(f"resuming {run_dir} at step {step}: epsilon {epsilon_at(step):.3f}, {len(state.replay)} transitions in "
-          f"replay, {threads} TensorFlow threads", flush=True)
+          f"replay, {threads} TensorFlow thread{'s' * (threads > 1)}", flush=True)
 
 
 def snapshot(run_dir: Path, state, clock: bookkeeping.Stopwatch, bar) -> None:
@@ -91,7 +92,7 @@ def end_files(args: argparse.Namespace, state, status: str, run_dir: Path, log,
     if status != "finished":
         return None, None
     save_model(state.model, run_dir / "last.keras")
-    episodes, eval_seed = args.final_eval_episodes, args.seed + 10_000  # same start states for both
+    episodes, eval_seed = args.final_eval_episodes, final_eval_seed(args.seed)  # same start states for both
     last_returns = evaluate(eval_seed) if episodes else None
     # The best evaluation may have been the last one: then the final weights are the last ones.
     best_is_last = state.best_weights is None or p.best_eval_step == p.step

@@ -5,7 +5,6 @@ to a GIF. No TensorFlow here: see.py's random agent uses this file alone.
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tqdm import tqdm
 from plumbing.atomic import write_atomically
 from plumbing.settings import fail, is_atari
 from plumbing.startup import quiet_stderr
+from plumbing.system import has_display
 from plumbing.viewer import Window, WindowClosed, WindowError
 
 
@@ -218,7 +218,8 @@ def run_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None
 
 def evaluate_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None = None) -> np.ndarray:
     """The returns of whole episodes played with `policy(obs) -> action`, with a progress bar."""
-    return np.array(list(tqdm(run_episodes(env, policy, episodes, seed), total=episodes, desc="eval", leave=False)))
+    returns = run_episodes(env, policy, episodes, seed)
+    return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False, disable=None)))
 
 
 def make_eval_env(env_id: str, games: int, threads: int) -> gym.Env | AtariGames:
@@ -300,8 +301,7 @@ class FirstEpisodeFrames(gym.Wrapper):
 def play_env(env_id: str, view: bool = False, video: str | None = None, gif: str | None = None,
              gif_steps: int | None = None) -> gym.Env:
     """An env to watch: shown in a window, recorded as mp4s and/or keeping frames for a GIF."""
-    headless = not any(os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"))
-    if view and sys.platform.startswith("linux") and headless:
+    if view and not has_display(os.environ):
         fail("no display to open a window on; use --video DIR or --gif FILE, or set SDL_VIDEODRIVER=dummy")
     # This process only renders arrays, but gymnasium's renderers call pygame.init(), which would
     # connect to the display here as well; the window process gets the environment as it was.
@@ -324,7 +324,8 @@ def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | Non
     returns = []
     try:
         for i, ret in enumerate(tqdm(run_episodes(env, policy, episodes, seed), total=episodes,
-                                     desc="episodes", leave=False, disable=not quiet)):
+                                     desc="episodes", leave=False,
+                                     disable=None if quiet else True)):
             returns.append(ret)
             if not quiet:
                 print(f"episode {i + 1}: return {ret:.1f}", flush=True)
@@ -344,8 +345,9 @@ def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | Non
 def play_saved(args, env: gym.Env, policy: Callable) -> None:
     """What --view, --eval, --video and --gif do with a saved model: play `policy` on `env` (from
     play_env) and print each return, or with --eval their mean and whether it solves the env."""
-    returns = show_episodes(env, policy, args.episodes or (100 if args.eval else 3), args.seed, args.gif,
-                            quiet=args.eval)
+    # --eval: as many episodes as a training's final evaluation (see.py's args have no such setting: 100)
+    episodes = args.episodes or ((getattr(args, "final_eval_episodes", 0) or 100) if args.eval else 3)
+    returns = show_episodes(env, policy, episodes, args.seed, args.gif, quiet=args.eval)
     if args.eval and len(returns):
         print_evaluation(env, returns)
 
@@ -356,7 +358,7 @@ def print_evaluation(env: gym.Env, returns: np.ndarray) -> None:
     verdict = "" if threshold is None else f"; solved: {'yes' if returns.mean() >= threshold else 'no'} " \
                                             f"(threshold {threshold})"
     print(f"{env.spec.id}: mean return {returns.mean():.1f} ± {returns.std():.1f} over {len(returns)} "
-          f"episodes{verdict}")
+          f"episode{'s' * (len(returns) > 1)}{verdict}")
 
 
 def save_gif(frames: list[np.ndarray], path: str, every: int = 2) -> None:

@@ -1,7 +1,8 @@
 """A trained Q-network outside training: exported for serving (a TensorFlow SavedModel, ONNX and
 LiteRT, through Keras' own `model.export`), and an ONNX one played back with onnxruntime, which
 needs no TensorFlow (see.py --policy). Each export takes a batch of observations and returns the
-Q-values of every action; the greedy action is their argmax.
+Q-values of every action; the greedy action is their argmax. Beside them, the Keras network itself
+in the classic HDF5 format (`run.py --model DIR/model.h5 --view` plays it).
 """
 
 import os
@@ -13,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from plumbing.atomic import fsync_folder
 from plumbing.settings import fail
+from plumbing.system import flush_folder
 
 # file or folder in the export -> Keras' name of its format
 FORMATS = {"saved_model": "tf_saved_model", "model.onnx": "onnx", "model.tflite": "litert"}
+KERAS_H5 = "model.h5"  # the network as trained, action-mask input included: what run.py --model loads
 
 
 def check_export_dir(directory: str) -> None:
@@ -57,6 +59,8 @@ def export(model, env_id: str, directory: str) -> list[Path]:
             warnings.simplefilter("ignore", FutureWarning)  # tf2onnx looks up np.object, which numpy 2 renamed
             for name, fmt in FORMATS.items():
                 network.export(str(staging / name), format=fmt, verbose=False)
+            warnings.simplefilter("ignore", UserWarning)  # Keras calls HDF5 a legacy format: it is, and asked for
+            model.save(staging / KERAS_H5)
         label_onnx(staging / "model.onnx", env_id)
         umask = os.umask(0)
         os.umask(umask)
@@ -67,8 +71,8 @@ def export(model, env_id: str, directory: str) -> list[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    fsync_folder(target.parent)
-    return [target / name for name in FORMATS]
+    flush_folder(target.parent)
+    return [target / name for name in [*FORMATS, KERAS_H5]]
 
 
 def label_onnx(path: Path, env_id: str) -> None:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from plumbing.system import usable_cores
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line and exit 2, as for every bad input
@@ -41,7 +43,9 @@ PRESETS = {
 # the fast Pong ones (Tianshou's example: 3-step returns, a 100k replay, few updates per env
 # step, a target copy every 500 updates, lr 1e-4): the gradient step, not the env, is the cost.
 ATARI = dict(
-    steps=2_000_000, num_envs=8, threads=2, lr=1e-4, lr_end=1e-4, clip_norm=10.0, loss="huber",
+    steps=2_000_000, num_envs=8,
+    threads=usable_cores(),  # TensorFlow's and the games' threads: the conv net's update uses every core
+    lr=1e-4, lr_end=1e-4, clip_norm=10.0, loss="huber",
     gamma=0.99, n_step=3, double=False, prioritized=False, dueling="none", tau=None, clip_rewards=True,
     buffer_size=100_000, batch_size=32, learning_starts=20_000,
     train_freq=64, gradient_steps=8,  # one gradient step per 8 env steps, 8 per compiled call
@@ -127,7 +131,8 @@ def make_parser(algo: str = "dqn") -> Parser:
                           help="draw max_a Q and the greedy action over a 2-number observation (MountainCar) as a PNG")
         play.add_argument("--export", metavar="DIR", default=None,
                           help="write the Q-network to the new folder DIR as a TensorFlow SavedModel, ONNX and "
-                               "LiteRT (obs -> Q-values), to serve without this code (see.py --policy plays the ONNX)")
+                               "LiteRT (obs -> Q-values), to serve without this code (see.py --policy plays the ONNX), "
+                               "and as Keras HDF5 (model.h5, which --model plays)")
     if algo == "tabular":  # many times faster per step than DQN: fewer files, the same number of points
         p.set_defaults(steps=1_500_000, eval_every=50_000, snapshot_every=100_000, log_every=20_000)
     elif algo in POLICY_GRADIENTS:  # CartPole's evaluation episodes last up to 500 steps: fewer of them
@@ -154,7 +159,8 @@ def add_run_flags(run, algo: str) -> None:
     if algo == "dqn":
         run.add_argument("--threads", type=int, default=1,
                          help="TensorFlow threads (and the Atari games' stepping threads); a dense network is "
-                              "tiny, so more threads mostly add overhead, a conv net uses them")
+                              "tiny, so more threads mostly add overhead, a conv net uses them (Atari's default: "
+                              "every core this process may use)")
         run.add_argument("--num-envs", type=int, default=1,
                          help="Atari: games stepped at once, acted on in one forward pass (classic envs use one)")
 
@@ -294,25 +300,55 @@ def add_evaluation_flags(ev) -> None:
 
 
 def add_play_flags(play, snapshot: str) -> None:
-    play.add_argument("--model", default=None, help=f"a {snapshot} to play instead of training")
+    play.add_argument("--model", default=None,
+                      help=f"a {snapshot} to play instead of training; in a run folder, with that run's env and "
+                           "settings, and from its final evaluation's seed (a flag given still wins)")
     play.add_argument("--view", action="store_true", help="show the episodes in a window")
     play.add_argument("--eval", action="store_true", help="greedy evaluation; prints mean ± std and 'solved'")
     play.add_argument("--video", metavar="DIR", default=None, help="write an mp4 of every episode to DIR")
     play.add_argument("--gif", metavar="FILE", default=None, help="write the first episode as an animated GIF")
     play.add_argument("--gif-steps", type=int, metavar="N", default=None,
                       help="only the first N steps of it in the GIF (default: the whole episode)")
-    play.add_argument("--episodes", type=int, default=None, help="episodes to play (default: 100 with --eval, else 3)")
+    play.add_argument("--episodes", type=int, default=None,
+                      help="episodes to play (default: --final-eval-episodes with --eval, else 3)")
+
+
+def final_eval_seed(seed: int) -> int:
+    """The seed of a run's final evaluation: start states that no periodic evaluation used."""
+    return seed + 10_000
+
+
+# Settings of a run that say nothing about its network or env: --model takes the others from the run.
+NOT_FROM_THE_RUN = {"seed", "threads", "name", "logdir", "resume", "model", "view", "eval", "video", "gif",
+                    "gif_steps", "episodes", "plot", "export"}
+
+
+def run_settings(model: str, parser: Parser) -> dict:
+    """The settings of the run a --model file belongs to (args.json beside it), as defaults: its env and
+    network, and its final evaluation's seed, so that --eval plays the start states the training's last
+    line was measured on. Empty for a file outside a run folder."""
+    try:
+        saved = json.loads((Path(model).parent / "args.json").read_text())
+        env = saved["env"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    known = vars(parser.parse_args([]))
+    taken = {k: v for k, v in saved.items() if k in known and k not in NOT_FROM_THE_RUN}
+    return {**taken, "env": env, "seed": final_eval_seed(int(saved.get("seed", 0)))}
 
 
 def parse_args(argv: list[str] | None = None, algo: str = "dqn") -> argparse.Namespace:
     p = make_parser(algo)
-    # First find the env and --plain alone (without acting on --help), to put the env's preset and
-    # the plain settings in place of the defaults.
+    # First find the env, --plain and --model alone (without acting on --help), to put the env's preset,
+    # the plain settings and a played run's own settings in place of the defaults.
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--env", default=p.get_default("env"))
+    first.add_argument("--env", default=None)
     first.add_argument("--plain", action="store_true")
+    first.add_argument("--model", default=None)
     found = first.parse_known_args(argv)[0]
-    p.set_defaults(**{**preset(found.env, algo), **(PLAIN if found.plain and algo == "dqn" else {})})
+    trained = run_settings(found.model, p) if found.model else {}
+    env = found.env or trained.get("env") or p.get_default("env")
+    p.set_defaults(**{**preset(env, algo), **(PLAIN if found.plain and algo == "dqn" else {}), **trained})
     args = p.parse_args(argv)
     check_args(args)
     return args
@@ -366,6 +402,19 @@ def check_args(a: argparse.Namespace) -> None:
     check_gif_steps(a)
     if a.model and a.resume:
         fail("--model plays a snapshot and --resume continues training: use one of them")
+    check_paths(a)
+
+
+def check_paths(a: argparse.Namespace) -> None:
+    """Files and folders named on the command line, checked before TensorFlow's seconds of loading."""
+    if a.model and Path(a.model).suffix == ".onnx":
+        fail(f"{a.model} is an ONNX export, which this script does not load; play it without TensorFlow with "
+             f"python see.py --policy {a.model}")
+    if a.model and not Path(a.model).is_file():
+        final = "final.npy" if hasattr(a, "bins") else "final.keras"  # tabular.py's tables, or networks
+        fail(f"no model file at {a.model}; pass a snapshot such as runs/<name>/{final}")
+    if a.resume and not Path(a.resume).is_dir():
+        fail(f"--resume {a.resume}: no such folder; pass the folder of a stopped run, such as runs/<name>")
 
 
 def check_gif_steps(a: argparse.Namespace) -> None:

@@ -74,5 +74,8 @@ def use_threads(tf: types.ModuleType, n: int) -> None:
     """TensorFlow's thread pools. They can only be set before its first operation: here, in a
     fresh process; a process that set them already (the tests, training in process) keeps them."""
     if tf.config.threading.get_intra_op_parallelism_threads() != n:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(n)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(n)
+        except RuntimeError:  # TensorFlow has run an operation in this process already: its pools stay
+            pass

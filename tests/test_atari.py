@@ -171,8 +171,8 @@ def test_a_short_pong_training_runs_its_snapshot_plays_back_and_it_enters_the_at
     assert "replay: 4,000 frames" in out and "800 steps and 22 gradient steps in " in out
     assert s["gradient_steps"] == 22
     gif = tmp_path / "pong.gif"
-    assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--model", run_dir / "final.keras", "--eval",
-                    "--episodes", "1", "--gif", gif, "--seed", "3") == 0
+    assert run_main("--model", run_dir / "final.keras", "--eval", "--episodes", "1", "--gif", gif, "--seed", "3") == 0
+    # no --env: the run folder's args.json says it
     assert "ALE/Pong-v5: mean return" in capsys.readouterr().out
     assert len(iio.imread(gif)) > 100  # a whole game, every 2nd frame
 

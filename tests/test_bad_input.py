@@ -17,7 +17,10 @@ from conftest import ROOT, imported_modules, one_line_exit_2, run_main, script
 
 @pytest.mark.parametrize("args, message", [(["--steps", "-5"], "--steps must be at least 1"),
                                            (["--gamma", "abc"], "invalid float value"),
-                                           (["--view"], "add --model PATH")])
+                                           (["--view"], "add --model PATH"),
+                                           (["--model", "nope.keras", "--view"], "no model file at nope.keras"),
+                                           (["--model", "served/model.onnx", "--eval"], "see.py --policy"),
+                                           (["--resume", "runs/none"], "no such folder")])
 def test_bad_flags_are_one_line_exit_2_before_tensorflow_loads(tmp_path, args, message):
     r = script("run.py", *args, cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})  # Python lists its imports
     imported = imported_modules(r)
@@ -97,14 +100,12 @@ def one_line_error(capsys, *args) -> str:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "nope.keras", "--view"], "no model file at nope.keras"),
     (["--model", "BAD/cartpole.keras", "--video", "videos"], "pass the --env it was trained on"),
     (["--model", "BAD/bad.keras", "--eval"], "is not a loadable Keras model"),
     (["--model", "BAD/notes.txt", "--eval"], "is not a loadable Keras model"),
     (["--model", "BAD/truncated.keras", "--eval"], "is not a loadable Keras model"),
     (["--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
     (["--env", "Pendulum-v1"], "DQN needs Discrete actions"),
-    (["--resume", "runs/none"], "has no resume state"),
 ])
 def test_bad_model_env_or_run_dir_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, bad_files, args,
                                                                   message):

@@ -78,6 +78,20 @@ def test_algo_picks_each_trials_script(tmp_path):
     assert trial["script"] == "tabular.py" and trial["flags"] == ["--bins", "10"]
 
 
+def test_atari_trials_pin_their_threads_and_as_many_run_at_once_as_the_cores_fit(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.settings.PRESETS, "ALE/Pong-v5", {**bench.settings.ATARI, "threads": 4})  # 4 cores
+    pong, cartpole = (bench.make_trials([{"env": env}], [0], [], tmp_path)[0] for env in ("ALE/Pong-v5", "CartPole-v1"))
+    assert pong["flags"][-2:] == ["--threads", "4"] and pong["threads"] == 4  # what it reserves is what it uses
+    assert "--threads" not in cartpole["flags"] and cartpole["threads"] == 1
+    (given,) = bench.make_trials([{"env": "ALE/Pong-v5", "threads": "2"}], [0], [], tmp_path)
+    assert given["flags"].count("--threads") == 1 and given["threads"] == 2  # --grid threads=... wins
+    monkeypatch.setattr(bench, "usable_cores", lambda: 8)
+    assert bench.fitting([pong, pong]) == 2 and bench.fitting([cartpole]) == 8 and bench.fitting([pong, cartpole]) == 2
+    monkeypatch.setattr(bench, "usable_cores", lambda: 2)
+    assert bench.fitting([pong]) == 1  # never fewer than one
+    assert bench.trial_threads({"name": "from an older bench.json"}) == 1
+
+
 @pytest.mark.parametrize("args, message", [(["--grid", "foo=1,2"], "foo=1,2"), (["--grid", "double"], "FLAG=V1,V2"),
                                            (["--grid", "double=maybe"], "double=0,1"), (["--seeds", "0"], "N >= 1"),
                                            (["--resume", "nothing"], "no bench.json"),

@@ -1,5 +1,8 @@
 """settings.py in this process: every bad flag value is one line and exit 2; presets and their precedence."""
 
+import argparse
+import json
+
 import pytest
 
 from plumbing import settings
@@ -31,6 +34,13 @@ from plumbing import settings
     ("tabular", ["--bins", "0"], "--bins must be at least 1"),
     ("tabular", ["--gamma", "1.5"], "--gamma must be in [0, 1]"),
     ("tabular", ["--lr", "0"], "--lr must be positive"),
+    # files named on the command line: checked before TensorFlow loads
+    ("dqn", ["--model", "served/model.onnx", "--eval"], "play it without TensorFlow with python see.py --policy "
+                                                        "served/model.onnx"),
+    ("dqn", ["--model", "missing.keras", "--eval"], "no model file at missing.keras; pass a snapshot such as "
+                                                    "runs/<name>/final.keras"),
+    ("tabular", ["--model", "missing.npy", "--eval"], "such as runs/<name>/final.npy"),
+    ("dqn", ["--resume", "runs/none"], "--resume runs/none: no such folder"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, algo, args, message):
     with pytest.raises(SystemExit) as e:
@@ -84,5 +94,25 @@ def test_a_resumed_run_learns_from_pixels_if_its_saved_env_is_atari(tmp_path):
     assert settings.learns_from_pixels(settings.parse_args(["--resume", str(tmp_path)]))
     (tmp_path / "args.json").write_text('{"env": "CartPole-v1"}')
     assert not settings.learns_from_pixels(settings.parse_args(["--resume", str(tmp_path)]))
-    assert not settings.learns_from_pixels(settings.parse_args(["--resume", str(tmp_path / "missing")]))
+    assert not settings.learns_from_pixels(argparse.Namespace(env="MountainCar-v0", resume=str(tmp_path / "missing")))
     assert settings.learns_from_pixels(settings.parse_args(["--env", "ALE/Breakout-v5"]))
+
+
+@pytest.mark.parametrize("algo", ["dqn", "tabular", "a2c"])
+def test_a_model_in_a_run_folder_plays_with_that_runs_settings_and_flags_still_win(tmp_path, algo):
+    run = tmp_path / "run"
+    run.mkdir()
+    trained = dict(env="Acrobot-v1", seed=3, final_eval_episodes=7, threads=8, name="run", logdir="elsewhere",
+                   steps=1234, **({"bins": 9} if algo == "tabular" else {"units": 32}))
+    (run / "args.json").write_text(json.dumps(trained))
+    (run / "final.keras").write_bytes(b"")  # parse_args only checks that the file is there
+    played = settings.parse_args(["--model", str(run / "final.keras"), "--eval"], algo)
+    assert (played.env, played.seed, played.final_eval_episodes) == ("Acrobot-v1", 10_003, 7)  # its final eval
+    assert getattr(played, "bins" if algo == "tabular" else "units") == trained.get("bins", 32)
+    assert (getattr(played, "threads", 1), played.name, played.logdir) == (1, None, "runs")  # this machine
+    flags = settings.parse_args(["--model", str(run / "final.keras"), "--eval", "--env", "CartPole-v1", "--seed", "1",
+                                 "--final-eval-episodes", "2"], algo)
+    assert (flags.env, flags.seed, flags.final_eval_episodes) == ("CartPole-v1", 1, 2)
+    alone = tmp_path / "alone.keras"  # outside a run folder: the defaults
+    alone.write_bytes(b"")
+    assert settings.parse_args(["--model", str(alone), "--eval"], algo).seed == 0

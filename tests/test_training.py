@@ -2,12 +2,19 @@
 runs it, or a real process where only a process shows the point: Ctrl-C, what reaches the
 terminal), their files and curves, learning, playing snapshots back, resuming."""
 
+import contextlib
+import fcntl
 import json
+import os
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 
 import gymnasium as gym
@@ -53,12 +60,15 @@ def eval_line(capsys, *args) -> float:
 
 
 def test_final_and_last_snapshots_play_the_returns_the_summary_reports(trained_run, capsys):
-    """final.keras and last.keras, played on the final evaluation's start states (seed + 10,000),
-    give back the summary's final and last means: the files hold the weights that were evaluated."""
+    """final.keras and last.keras, played with no flag but --eval, give back the summary's final and last
+    means: the files hold the weights that were evaluated, and --model in a run folder plays its final
+    evaluation's start states (seed + 10,000) and number of episodes."""
     s = summary(trained_run)
     for name, key in [("final.keras", "final_eval_mean"), ("last.keras", "last_eval_mean")]:
-        mean = eval_line(capsys, "--model", trained_run / name, "--episodes", "3", "--seed", "10000")
-        assert mean == pytest.approx(s[key], abs=0.05), name
+        capsys.readouterr()
+        assert run_main("--model", trained_run / name, "--eval") == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert line.startswith(f"MountainCar-v0: mean return {s[key]:.1f} ± ") and " over 3 episodes" in line, line
 
 
 def test_short_cartpole_run_learns(tmp_path):
@@ -136,8 +146,7 @@ def test_env_preset_trains_and_plays(tmp_path, capsys, env):
     s = summary(tmp_path / "p")
     assert s["env"] == env and s["steps"] == 1000 and len(s["evals"]) == 1
     assert json.loads((tmp_path / "p" / "args.json").read_text())["eval_every"] == 1000  # the flag beat the preset
-    played = eval_line(capsys, "--env", env, "--model", tmp_path / "p" / "final.keras", "--episodes", "1",
-                       "--seed", "10000")  # the final evaluation's start state: the same episode, the same return
+    played = eval_line(capsys, "--model", tmp_path / "p" / "final.keras")  # the run's env, final evaluation's episode
     assert played == pytest.approx(s["final_eval_mean"], abs=0.05)
 
 
@@ -196,15 +205,50 @@ def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("onednn", [None, "1"])  # unset: run.py's own default (off); 1: TensorFlow's on AVX-512
-def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn):
-    """On any CPU, with oneDNN on or off: no TensorFlow start-up lines, only the progress bars
-    (stderr) and the project's own lines (stdout)."""
-    r = script("run.py", "--steps", "1000", "--learning-starts", "200", "--eval-every", "1000", "--eval-episodes", "1",
-               "--final-eval-episodes", "1", "--log-every", "500", "--snapshot-every", "500", "--name", "clean",
-               cwd=tmp_path, env={"TF_ENABLE_ONEDNN_OPTS": onednn})
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn, terminal):
+    """On any CPU, with oneDNN on or off: no TensorFlow start-up lines, only the project's own lines
+    (stdout) and, in a terminal, the progress bars (stderr); redirected to a file, no bars at all."""
+    with Terminal() if terminal else contextlib.nullcontext() as tty:
+        r = script("run.py", "--steps", "1000", "--learning-starts", "200", "--eval-every", "1000", "--eval-episodes",
+                   "1", "--final-eval-episodes", "1", "--log-every", "500", "--snapshot-every", "500", "--name",
+                   "clean", cwd=tmp_path, env={"TF_ENABLE_ONEDNN_OPTS": onednn},
+                   **({"stderr": tty.fd} if terminal else {}))
+    if terminal:
+        r.stderr = tty.text
     assert r.returncode == 0, r.stderr
     own = ("replay: ", "episode ", "saved step_", "final eval: ", "1000 steps and 800 gradient steps in ")
     assert all(line.startswith(own) for line in r.stdout.splitlines()), r.stdout
     assert sum(line.startswith("saved step_") for line in r.stdout.splitlines()) == 2
     bars = [seg for seg in re.split(r"[\r\n]|\x1b\[A", r.stderr) if seg.strip()]
-    assert bars and all(re.match(r"(train|eval): +\d+%\|", seg) for seg in bars), r.stderr
+    assert all(re.match(r"(train|eval): +\d+%\|", seg) for seg in bars), r.stderr
+    assert bool(bars) == terminal, r.stderr
+
+
+class Terminal:
+    """A pseudo-terminal for a child process's output (`fd`), read while it runs (else a full buffer
+    would block the child); after the block, `text` holds all that was written to it."""
+
+    def __enter__(self) -> "Terminal":
+        self.reader, self.fd = pty.openpty()
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 24 x 100, else 0 columns
+        self.chunks = []
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+        return self
+
+    def read(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.reader, 65536)
+            except OSError:  # EIO: every writer has closed it
+                return
+            if not chunk:
+                return
+            self.chunks.append(chunk)
+
+    def __exit__(self, *_) -> None:
+        os.close(self.fd)  # the child has ended: this was the last writer
+        self.thread.join(timeout=10)
+        os.close(self.reader)
+        self.text = b"".join(self.chunks).decode(errors="replace")

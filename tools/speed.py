@@ -6,8 +6,8 @@ Throughput:  python tools/speed.py --steps 20000
     In the same run, alternating with it: one compiled call per env step, and every DQN
     variant switched on at once; then it times prioritized-replay sampling in process.
 Atari:       python tools/speed.py --atari ALE/Pong-v5
-    where an Atari training's time goes: the games alone (random actions, the preset's envs and
-    threads, in this process) against trainings at the preset's update ratio, alternating,
+    where an Atari training's time goes: the games alone (random actions, the preset's envs, the
+    trainings' threads, in this process) against trainings at the preset's update ratio, alternating,
     `--repeats` times each; last line: atari_steps_per_second: X (the trainings' median).
 Memory:      python tools/speed.py --memory
     peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
@@ -98,9 +98,10 @@ ATARI_SPEED = ["--steps", "30000", "--learning-starts", "1000", "--epsilon-start
 def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
     """Env steps/s of the games alone and of whole trainings (acting, storing, updating)."""
     preset = settings.preset(env_id)
+    threads = settings.parse_args(["--env", env_id, *flags]).threads  # the preset's (every core), or -- --threads N
     alone, trained = [], []
     for r in range(repeats):
-        alone.append(time_atari_games(env_id, preset["num_envs"], preset["threads"]))
+        alone.append(time_atari_games(env_id, preset["num_envs"], threads))
         trial = dict(name=f"atari-{r}", config="atari", seed=r, flags=["--env", env_id, *ATARI_SPEED, *flags],
                      run_dir=str((root / f"atari-{r}").resolve()))
         s = run_trial(trial)
@@ -108,7 +109,7 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
             fail(f"the Atari training {trial['name']} failed: {s['error']}")
         trained.append(s["steps_per_second"])
     ratio = preset["train_freq"] / preset["gradient_steps"]
-    print(f"{env_id}, {preset['num_envs']} games, {preset['threads']} threads:")
+    print(f"{env_id}, {preset['num_envs']} games, {threads} thread{'s' * (threads > 1)}:")
     print(f"  games alone (random actions): {', '.join(f'{v:.0f}' for v in alone)} env steps/s, "
           f"median {statistics.median(alone):.0f}")
     print(f"  training (one gradient step per {ratio:g} env steps): {', '.join(f'{v:.0f}' for v in trained)} "

@@ -1,0 +1,75 @@
+"""What differs between Linux, macOS and Windows, in one place: the cores this process may use, its
+peak memory, making a rename survive a power cut, a child process that ends with its parent, and the
+tests' self-stop. Each takes the platform as an argument (default: this one), so that the tests run
+the other systems' branches on Linux.
+"""
+
+import ctypes
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: a container's or `taskset`'s limit where the system tells
+    it (Linux), else every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def peak_memory_mib(platform: str = sys.platform) -> float:
+    """The most memory this process has held in RAM so far (its peak resident set), in MiB."""
+    if platform == "win32":  # no getrusage on Windows: the peak working set, in bytes
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform == "darwin" else peak / 2**10  # macOS counts bytes, Linux KiB
+
+
+def flush_folder(folder: str | os.PathLike, platform: str = sys.platform) -> None:
+    """Make the renames done in `folder` survive a power cut (fsync of the folder itself). Windows
+    cannot open a folder as a file: there the rename is as durable as its file system's journal
+    makes it."""
+    if platform == "win32":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def has_display(environ: dict, platform: str = sys.platform) -> bool:
+    """Whether a window can open: Linux needs an X or Wayland server (or SDL told where to draw);
+    macOS and Windows always have a screen."""
+    if not platform.startswith("linux"):
+        return True
+    return any(environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER"))
+
+
+def _term_when_parent_dies() -> None:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def ending_with_parent(platform: str = sys.platform) -> dict[str, Callable]:
+    """subprocess.run's arguments for a child that gets SIGTERM when the process that started it dies
+    (Ray cancelling a trial, `kill`), so that it saves a snapshot and --resume can continue it. Only
+    Linux can ask for that; on macOS and Windows a child outlives a killed parent, while Ctrl-C in
+    the terminal still reaches both. Not SIGINT: the signal comes again each time a thread the child
+    is handed to ends, and a second SIGINT kills."""
+    return {"preexec_fn": _term_when_parent_dies} if platform.startswith("linux") else {}
+
+
+def stop_self(platform: str = sys.platform) -> None:
+    """Tests only: stop this process (SIGSTOP) for a test to kill it at a chosen moment."""
+    if platform == "win32":
+        from plumbing.settings import fail  # settings uses this file: imported only where needed
+
+        fail("DQN_PAUSE_BEFORE_RENAME stops the process with SIGSTOP, which Windows does not have; "
+             "unset it (the crash tests run on Linux and macOS)")
+    os.kill(os.getpid(), signal.SIGSTOP)
