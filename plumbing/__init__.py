@@ -9,5 +9,6 @@ bookkeeping.py  a run's folder, counters, checkpoint file, evaluations record, C
 dqn_files.py    what run.py's checkpoint holds, its snapshots and its end-of-run files
 keras_files.py  .keras snapshots written crash-safely and read back with a one-line error
 atomic.py       crash-safe writes: a file is its old complete version or its new one
-serving.py      a trained Q-network exported (SavedModel, ONNX, LiteRT) and played from ONNX without TensorFlow
+serving.py      a trained Q-network exported (SavedModel, ONNX, LiteRT, .h5) and played from ONNX without TensorFlow
+system.py       what differs between Linux, macOS and Windows: cores, peak memory, flushing a folder, child processes
 """
