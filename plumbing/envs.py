@@ -345,9 +345,8 @@ def show_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | Non
 def play_saved(args, env: gym.Env, policy: Callable) -> None:
     """What --view, --eval, --video and --gif do with a saved model: play `policy` on `env` (from
     play_env) and print each return, or with --eval their mean and whether it solves the env."""
-    # --eval: as many episodes as a training's final evaluation (see.py's args have no such setting: 100)
-    episodes = args.episodes or ((getattr(args, "final_eval_episodes", 0) or 100) if args.eval else 3)
-    returns = show_episodes(env, policy, episodes, args.seed, args.gif, quiet=args.eval)
+    returns = show_episodes(env, policy, args.episodes or (100 if args.eval else 3), args.seed, args.gif,
+                            quiet=args.eval)
     if args.eval and len(returns):
         print_evaluation(env, returns)
 

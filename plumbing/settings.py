@@ -351,6 +351,8 @@ def parse_args(argv: list[str] | None = None, algo: str = "dqn") -> argparse.Nam
     p.set_defaults(**{**preset(env, algo), **(PLAIN if found.plain and algo == "dqn" else {}), **trained})
     args = p.parse_args(argv)
     check_args(args)
+    if args.model and args.eval and args.episodes is None:  # as many as a training's final evaluation plays
+        args.episodes = args.final_eval_episodes or None
     return args
 
 

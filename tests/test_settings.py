@@ -107,7 +107,7 @@ def test_a_model_in_a_run_folder_plays_with_that_runs_settings_and_flags_still_w
     (run / "args.json").write_text(json.dumps(trained))
     (run / "final.keras").write_bytes(b"")  # parse_args only checks that the file is there
     played = settings.parse_args(["--model", str(run / "final.keras"), "--eval"], algo)
-    assert (played.env, played.seed, played.final_eval_episodes) == ("Acrobot-v1", 10_003, 7)  # its final eval
+    assert (played.env, played.seed, played.episodes) == ("Acrobot-v1", 10_003, 7)  # its final evaluation's
     assert getattr(played, "bins" if algo == "tabular" else "units") == trained.get("bins", 32)
     assert (getattr(played, "threads", 1), played.name, played.logdir) == (1, None, "runs")  # this machine
     flags = settings.parse_args(["--model", str(run / "final.keras"), "--eval", "--env", "CartPole-v1", "--seed", "1",
