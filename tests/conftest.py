@@ -113,8 +113,9 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 # of each result: a Q-value near 0 can differ by more than its own size, and one near -54 by three ulps
 # (1.1e-5, seen on an AMD Zen 5). So the tolerance is relative to the largest |value| compared: 1e-5 of
 # it is ~80 ulps, 3.5 times the largest difference these tests saw (2.8e-6 of it, Zen 5 with AVX2
-# kernels), and far below what a wrong weight, layer or mask gives (differences of the values' own size). Tests that compare two paths are marked
-# `numerics`; CI runs them again with the instruction set capped at AVX2 (.ci/run).
+# kernels), and far below what a wrong weight, layer or mask gives (differences of the values' own
+# size). Tests that compare two paths are marked `numerics`; CI runs them again with the instruction
+# set capped at AVX2 (.ci/run).
 ACROSS_PATHS = 1e-5
 
 
