@@ -34,10 +34,10 @@ import numpy as np
 
 import policy_gradient
 from plumbing.envs import make_env
-from policy_gradient import Batch, RewardScale, TrainingState, discounted_returns
+from policy_gradient import Experience, RewardScale, TrainingState, discounted_returns
 
 
-def rollouts(args: argparse.Namespace, state: TrainingState, seed: int) -> Iterator[Batch]:
+def rollouts(args: argparse.Namespace, state: TrainingState, seed: int) -> Iterator[Experience]:
     """--n-steps steps of --num-envs envs at a time, acted on with the actor's latest weights, each
     step with its n-step return. An env whose episode ends starts the next one in the same step
     (SAME_STEP autoreset): the state its episode ended in comes in info["final_obs"]."""
@@ -68,7 +68,7 @@ def rollouts(args: argparse.Namespace, state: TrainingState, seed: int) -> Itera
             # (where a time limit ended the episode at that step, from its last state, set above).
             next_values[-1] = np.where(truncated[-1], next_values[-1], actor.values(obs))
             returns = discounted_returns(rewards, terminated, truncated, next_values, args.gamma)
-            yield Batch(observations.reshape(-1, obs.shape[1]), actions.ravel(), returns.ravel(), finished)
+            yield Experience(observations.reshape(-1, obs.shape[1]), actions.ravel(), returns.ravel(), finished)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,21 @@ class FrameReplayBuffer:
             self._write(env, frame, PAD)
         self._write(env, obs[-1], STEP)
 
+    def start_all(self, obs: np.ndarray) -> None:
+        """The first observation of every env (a resumed run's envs start new episodes)."""
+        for env, stack in enumerate(obs):
+            self.start(env, stack)
+
+    def store(self, actions, rewards, obs, terminated, truncated, info: dict) -> None:
+        """One step of every env: each env's transition. An env whose episode ended led to
+        info["final_obs"] (Gymnasium's vector envs' convention) and starts its next one from `obs`."""
+        for env in range(self.num_envs):
+            done = terminated[env] or truncated[env]
+            self.add(env, actions[env], rewards[env], info["final_obs"][env] if done else obs[env], terminated[env],
+                     truncated[env])
+            if done:
+                self.start(env, obs[env])
+
     def add(self, env: int, action: int, reward: float, next_obs: np.ndarray, terminated: bool,
             truncated: bool) -> None:
         """One step of `env` from its latest observation. After an episode's end, call start()
@@ -75,7 +90,7 @@ class FrameReplayBuffer:
         self._write(env, next_obs[-1], FINAL if terminated or truncated else STEP)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Everything stored, for a checkpoint (run.py's save_checkpoint)."""
+        """Everything stored, for a checkpoint (plumbing/dqn_run.py)."""
         return {name: getattr(self, name) for name in ARRAYS}
 
     def restore(self, data) -> None:

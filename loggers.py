@@ -13,16 +13,24 @@ from pathlib import Path
 import numpy as np
 import psutil
 from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 
 class TensorBoardLogger:
-    def __init__(self, logdir: str | Path, settings: dict | None = None):
+    def __init__(self, logdir: str | Path, settings: dict | None = None, step: int = 0):
         """Event files in `logdir`; a new run's `settings` (its flags) go in as a table, so that they
-        travel with the curves."""
+        travel with the curves. `step`: where the run starts (a resumed one), for `steps_per_second`."""
         self.writer = SummaryWriter(str(logdir))
         self.pending, self.handed = [], time.perf_counter()
+        self.since = (step, time.perf_counter())
         if settings is not None:
             self.settings(settings)
+
+    def steps_per_second(self, step: int) -> float:
+        """Since the last call (or the start)."""
+        (before, then), now = self.since, time.perf_counter()
+        self.since = (step, now)
+        return (step - before) / (now - then)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         # The writer's own thread writes the events; handing them over once a second instead of one by
@@ -68,31 +76,32 @@ class Averages:
         return means, rate
 
 
-def log_episodes(log: TensorBoardLogger, info: dict, step: int) -> list[float]:
-    """Log the return and length of each game that ended in this step of a vector env (Gymnasium's
-    info["episode"] and info["_episode"]); return those returns."""
-    ended = np.flatnonzero(info["_episode"])
-    for env in ended:
-        log.scalar("episode/return", info["episode"]["r"][env], step)
-        log.scalar("episode/length", info["episode"]["l"][env], step)
-    return [float(info["episode"]["r"][env]) for env in ended]
+def log_episode(log: TensorBoardLogger, episode: dict, step: int) -> float:
+    """Log an ended episode's return and length (Gymnasium's RecordEpisodeStatistics' info["episode"]
+    for one env: "r" and "l"); return the return."""
+    log.scalar("episode/return", episode["r"], step)
+    log.scalar("episode/length", episode["l"], step)
+    return float(episode["r"])
 
 
-def log_training(log: TensorBoardLogger, bar, progress, averages: Averages, last_return: float,
-                 scalars: dict[str, float]) -> None:
-    """The averages since the last log line (as train/NAME), `scalars`, the speed and the memory, to
-    TensorBoard; and one line under the progress bar. NaN values (no loss before learning starts, a
-    setting that is off) are left out."""
-    means, sps = averages.take(progress.step)
+def log_training(log: TensorBoardLogger, state, stats: dict[str, list], scalars: dict[str, float | None],
+                 last_return: float) -> None:
+    """DQN's training curves (docs/algorithm.md lists every tag) to TensorBoard: the mean of each of
+    `stats` since the last log line as train/NAME (then emptied), `scalars` (None: a setting that is
+    off), the distance between the online and target weights, the speed and the memory; and one line
+    under the progress bar."""
+    p = state.progress
+    means = {f"train/{name}": float(np.mean(values)) for name, values in stats.items() if values}
+    stats.clear()
     rss = psutil.Process().memory_info().rss / 2**20
-    scalars = {**{f"train/{name}": value for name, value in means.items()}, **scalars,
-               "perf/steps_per_second": sps, "perf/rss_mb": rss}
+    scalars = {**means, **scalars, "train/target_distance": weight_distance(state.model, state.target),
+               "perf/steps_per_second": log.steps_per_second(p.step), "perf/rss_mb": rss}
     for tag, value in scalars.items():
-        if np.isfinite(value):
-            log.scalar(tag, value, progress.step)
-    epsilon = f"  epsilon {scalars['train/epsilon']:.3f}" if "train/epsilon" in scalars else ""
-    bar.write(f"episode {progress.episode:5d}  step {progress.step:7d}  loss {means['loss']:8.4f}  "
-              f"return {last_return:7.1f}{epsilon}  {sps:6.0f} steps/s  {rss:4.0f} MiB")
+        if value is not None:
+            log.scalar(tag, value, p.step)
+    tqdm.write(f"episode {p.episode:5d}  step {p.step:7d}  loss {means.get('train/loss', np.nan):8.4f}  "
+               f"return {last_return:7.1f}  epsilon {scalars['train/epsilon']:.3f}  "
+               f"{scalars['perf/steps_per_second']:6.0f} steps/s  {rss:4.0f} MiB")
 
 
 def weight_distance(model, target) -> float:

@@ -17,7 +17,7 @@ without these, A2C did not learn Acrobot at all (docs/results.md).
 
 This file: the returns, the normalisations, the network, the loss and its compiled update, then
 the run around them (its state and checkpoint, the training loop, evaluation, the end, playing a
-snapshot), as run.py has for DQN.
+snapshot). It imports nothing of DQN's.
 """
 
 import argparse
@@ -43,7 +43,6 @@ from plumbing.atomic import remove_leftovers
 from plumbing.envs import evaluate_episodes, make_env, play_env, play_saved
 from plumbing.keras_files import load_model, optimizer_variables, restore_optimizer, save_model
 from plumbing.settings import ALGORITHMS, fail, final_eval_seed, is_atari, parse_args
-from run import dense_torso, dense_weights  # the DQN network's torso, and the numpy copy of its weights
 
 # ------------------------------------------------------------------------------ returns
 
@@ -128,8 +127,9 @@ class RewardScale:
         return np.clip(rewards / np.sqrt(self.stats.var + EPS), -CLIP, CLIP)
 
 
-class Batch(NamedTuple):
-    """A batch of experience to learn from, flat over time and envs."""
+class Experience(NamedTuple):
+    """The latest experience to learn from, flat over time and envs: what REINFORCE's episodes and
+    A2C's rollouts give (DQN's replay samples a Batch of transitions instead)."""
     obs: np.ndarray  # (n, obs_size) float32
     actions: np.ndarray  # (n,) int32
     returns: np.ndarray  # (n,) float32: discounted_returns
@@ -156,6 +156,12 @@ class Standardize(keras.layers.Layer):
         return keras.ops.clip((obs - self.mean) / keras.ops.sqrt(self.var + EPS), -CLIP, CLIP)
 
 
+def dense_torso(obs, units: int, prefix: str = "hidden", activation: str = "relu"):
+    """Two hidden layers, as DQN's Q-network has for the same envs."""
+    h = keras.layers.Dense(units, activation=activation, name=f"{prefix}_0")(obs)
+    return keras.layers.Dense(units, activation=activation, name=f"{prefix}_1")(h)
+
+
 def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool, lr: float, clip_norm: float,
                         activation: str = "relu", standardize: bool = False) -> keras.Model:
     """The policy pi(.|s) as logits, and the baseline V(s).
@@ -175,6 +181,13 @@ def create_actor_critic(obs_size: int, n_actions: int, units: int, shared: bool,
 
 
 ACTIVATIONS = {"relu": lambda h: np.maximum(h, 0.0), "tanh": np.tanh}
+
+
+def dense_weights(model: keras.Model, names: list[str], values: list | None = None) -> list[tuple]:
+    """(kernel, bias) of each named Dense layer in numpy, from the model's variables or these values of them."""
+    values = model.trainable_variables if values is None else values
+    w = {v.path: np.asarray(value) for v, value in zip(model.trainable_variables, values, strict=True)}
+    return [(w[f"{name}/kernel"], w[f"{name}/bias"]) for name in names]
 
 
 def dense_layers(layers: list[tuple], h: np.ndarray, activation: Callable) -> np.ndarray:
@@ -267,7 +280,7 @@ def policy_gradient_loss(logits, values, actions, returns, normalize: bool, valu
 
 
 def make_update(model: keras.Model, args: argparse.Namespace) -> Callable:
-    """Compile one gradient step on a Batch. Returns the loss's parts and the new weights (for the
+    """Compile one gradient step on an Experience. Returns the loss's parts and the new weights (for the
     numpy copy that acts). A batch's length varies (REINFORCE's episodes), so it is traced once
     for any length."""
     obs_size = model.inputs[0].shape[1]
@@ -335,7 +348,7 @@ def load_state(run_dir: Path, state: TrainingState) -> None:
 
 # A script's experience: collect(args, state, seed) yields Batches forever, acting with the state's
 # actor (its latest weights) and rng, and scaling rewards with its return_stats; its envs start from `seed`.
-Collect = Callable[[argparse.Namespace, TrainingState, int], Iterator[Batch]]
+Collect = Callable[[argparse.Namespace, TrainingState, int], Iterator[Experience]]
 
 
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Collect) -> dict:
@@ -360,16 +373,16 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
     return summary
 
 
-def training_loop(args: argparse.Namespace, state: TrainingState, batches: Iterator[Batch], eval_env: gym.Env,
+def training_loop(args: argparse.Namespace, state: TrainingState, batches: Iterator[Experience], eval_env: gym.Env,
                   run_dir: Path, log: TensorBoardLogger) -> str:
     """Gather a batch, take a gradient step on it; log, evaluate and snapshot; until the last step
     or Ctrl-C. Returns the status: finished, interrupted or diverged."""
     p, update, model = state.progress, make_update(state.model, args), state.model
     clock, averages = bookkeeping.Stopwatch(p.train_seconds), Averages(p.step)
-    with bookkeeping.CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step",
+    with bookkeeping.StopSignals() as stop, tqdm(total=args.steps, initial=p.step, desc="train", unit="step",
                                              smoothing=0.05, mininterval=1, disable=None) as bar:
         try:
-            while p.step < args.steps and not ctrl_c.pressed:
+            while p.step < args.steps and not stop.received:
                 batch = next(batches)
                 model.optimizer.learning_rate.assign(bookkeeping.linear(args.lr, args.lr_end, p.step / args.steps))
                 state.actor.store_statistics()  # the update (and any snapshot after it) standardizes as acting did
@@ -394,7 +407,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
                 bar.update(p.step - before)
         finally:
             p.train_seconds = clock()
-    return "interrupted" if ctrl_c.pressed else "finished"
+    return "interrupted" if stop.received else "finished"
 
 
 def log_progress(log: TensorBoardLogger, p: bookkeeping.Progress, averages: Averages, bar: tqdm) -> None:

@@ -32,10 +32,10 @@ import numpy as np
 
 import policy_gradient
 from plumbing.envs import make_env
-from policy_gradient import Batch, RewardScale, TrainingState, discounted_returns
+from policy_gradient import Experience, RewardScale, TrainingState, discounted_returns
 
 
-def episodes(args: argparse.Namespace, state: TrainingState, seed: int) -> Iterator[Batch]:
+def episodes(args: argparse.Namespace, state: TrainingState, seed: int) -> Iterator[Experience]:
     """--episodes-per-update whole episodes at a time, played with the actor's latest weights,
     each step with its return-to-go."""
     actor, scale = state.actor, RewardScale(state.return_stats, args.gamma, num_envs=1)
@@ -59,7 +59,7 @@ def episodes(args: argparse.Namespace, state: TrainingState, seed: int) -> Itera
             observations, actions, rewards, terminated, truncated, next_values = columns
             returns = discounted_returns(rewards[:, None], terminated[:, None], truncated[:, None],
                                          next_values[:, None], args.gamma)[:, 0]
-            yield Batch(observations, actions, returns, finished)
+            yield Experience(observations, actions, returns, finished)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@ breaks the correlation between consecutive steps (Mnih et al. 2015). Storing eac
 its own preallocated array keeps `add` O(1) and lets `sample` gather a whole batch with one
 fancy-indexing operation per field, with no Python loop over samples.
 
-Also here: prioritized replay on a sum-tree (--prioritized), n-step returns (--n-step), and `store`,
-which takes one step of the training envs into the replay.
+`store` takes one env step and turns it into an n-step transition (--n-step) before adding it;
+prioritized replay (--prioritized) samples on a sum-tree. Atari's frames have a replay of their
+own (frame_replay.py), which samples the same Batch.
 """
 
 from collections import deque
@@ -30,11 +31,42 @@ class Batch(NamedTuple):
 FIELDS = Batch._fields[:6]  # what every transition stores
 
 
+class NStep:
+    """Turns 1-step transitions into n-step ones (Sutton 1988; one of Rainbow's parts):
+    (s_t, a_t, r_t + g r_t+1 + ... + g^(k-1) r_t+k-1, s_t+k, terminated, g^k), k = n except at
+    an episode's end, where every pending transition is emitted with the rewards it has.
+    After a termination they do not bootstrap; after a truncation they do, from the last state.
+    """
+
+    def __init__(self, n: int, gamma: float):
+        self.n, self.gamma = n, gamma
+        self.pending = deque()  # (obs, action, reward) not yet emitted, oldest first
+
+    def push(self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool) -> list[tuple]:
+        """Add one env step; return the n-step transitions it completes, as ReplayBuffer.add arguments."""
+        self.pending.append((obs, action, reward))
+        out = []
+        if terminated or truncated:
+            while self.pending:
+                out.append(self._emit(next_obs, terminated))
+        elif len(self.pending) == self.n:
+            out.append(self._emit(next_obs, False))
+        return out
+
+    def _emit(self, next_obs, terminated: bool) -> tuple:
+        k = len(self.pending)
+        ret = sum(self.gamma**j * r for j, (_, _, r) in enumerate(self.pending))
+        obs, action, _ = self.pending.popleft()
+        return obs, action, ret, next_obs, terminated, self.gamma**k
+
+
 class ReplayBuffer:
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=np.float32):
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], n_step: int = 1, gamma: float = 0.99,
+                 obs_dtype=np.float32):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.n_step = NStep(n_step, gamma)  # the env steps not yet summed into an n-step transition
         self.obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
         self.action = np.zeros(capacity, dtype=np.int32)
         self.reward = np.zeros(capacity, dtype=np.float32)
@@ -53,6 +85,11 @@ class ReplayBuffer:
     @property
     def nbytes(self) -> int:
         return sum(getattr(self, name).nbytes for name in FIELDS)
+
+    def store(self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
+        """One env step; adds the n-step transitions it completes (with n = 1: this step's)."""
+        for transition in self.n_step.push(obs, action, reward, next_obs, terminated, truncated):
+            self.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
 
     def add(self, obs, action: int, reward: float, next_obs, terminated: bool, discount: float) -> None:
         i = self.next
@@ -74,7 +111,8 @@ class ReplayBuffer:
         return Batch(*(getattr(self, name)[slots] for name in FIELDS), **extra)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The contents and the write position, for a checkpoint (run.py's save_checkpoint)."""
+        """The contents and the write position, for a checkpoint (plumbing/dqn_run.py). The steps
+        waiting in `n_step` are left out: a resumed run starts new episodes."""
         n = self.size
         return dict(next=self.next, capacity=self.capacity, **{name: getattr(self, name)[:n] for name in FIELDS})
 
@@ -169,9 +207,9 @@ class Priorities:
 class PrioritizedReplayBuffer(ReplayBuffer):
     """A ReplayBuffer sampled in proportion to priority (the Priorities above)."""
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], alpha: float = 0.6, eps: float = 1e-5,
-                 obs_dtype=np.float32):
-        super().__init__(capacity, obs_shape, obs_dtype)
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], n_step: int = 1, gamma: float = 0.99,
+                 alpha: float = 0.6, eps: float = 1e-5, obs_dtype=np.float32):
+        super().__init__(capacity, obs_shape, n_step, gamma, obs_dtype)
         self.priorities = Priorities(capacity, alpha, eps)
         self.unwritten = []  # slots of new transitions whose priority is not in the tree yet
 
@@ -214,64 +252,3 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self.priorities.tree.set(np.arange(self.size), data["priority"])
         self.priorities.max_priority = float(data["max_priority"])
         self.unwritten = []
-
-
-class NStep:
-    """Turns 1-step transitions into n-step ones (Sutton 1988; one of Rainbow's parts):
-    (s_t, a_t, r_t + g r_t+1 + ... + g^(k-1) r_t+k-1, s_t+k, terminated, g^k), k = n except at
-    an episode's end, where every pending transition is emitted with the rewards it has.
-    After a termination they do not bootstrap; after a truncation they do, from the last state.
-    """
-
-    def __init__(self, n: int, gamma: float):
-        self.n, self.gamma = n, gamma
-        self.pending = deque()  # (obs, action, reward) not yet emitted, oldest first
-
-    def push(self, obs, action: int, reward: float, next_obs, terminated: bool, truncated: bool) -> list[tuple]:
-        """Add one env step; return the n-step transitions it completes, as ReplayBuffer.add arguments."""
-        self.pending.append((obs, action, reward))
-        out = []
-        if terminated or truncated:
-            while self.pending:
-                out.append(self._emit(next_obs, terminated))
-        elif len(self.pending) == self.n:
-            out.append(self._emit(next_obs, False))
-        return out
-
-    def _emit(self, next_obs, terminated: bool) -> tuple:
-        k = len(self.pending)
-        ret = sum(self.gamma**j * r for j, (_, _, r) in enumerate(self.pending))
-        obs, action, _ = self.pending.popleft()
-        return obs, action, ret, next_obs, terminated, self.gamma**k
-
-
-class StepWriter:
-    """Feeds a ReplayBuffer from the envs of a vector env one step at a time, the way
-    FrameReplayBuffer is fed: start(env, obs) with an episode's first observation, then
-    add(env, ...) after each step; n-step returns are formed per env."""
-
-    def __init__(self, replay: ReplayBuffer, num_envs: int, n_step: int, gamma: float):
-        self.replay = replay
-        self.n_steps = [NStep(n_step, gamma) for _ in range(num_envs)]
-        self.obs = [None] * num_envs  # each env's latest observation
-
-    def start(self, env: int, obs) -> None:
-        self.n_steps[env].pending.clear()  # a resumed run starts new episodes; nothing carries over
-        self.obs[env] = obs
-
-    def add(self, env: int, action: int, reward: float, next_obs, terminated: bool, truncated: bool) -> None:
-        for transition in self.n_steps[env].push(self.obs[env], action, reward, next_obs, terminated, truncated):
-            self.replay.add(*transition)  # `truncated` is deliberately not stored: it still bootstraps
-        self.obs[env] = next_obs
-
-
-def store(writer, actions, rewards, obs, terminated, truncated, info: dict) -> None:
-    """One step of a vector env into the replay through `writer` (a StepWriter, or a FrameReplayBuffer):
-    each env's transition; an env whose episode ended led to info["final_obs"] (Gymnasium's vector
-    envs' convention) and starts its next episode from `obs`."""
-    done = terminated | truncated
-    for env in range(len(actions)):
-        next_obs = info["final_obs"][env] if done[env] else obs[env]
-        writer.add(env, actions[env], rewards[env], next_obs, terminated[env], truncated[env])
-        if done[env]:
-            writer.start(env, obs[env])

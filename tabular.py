@@ -33,8 +33,8 @@ from tqdm import tqdm
 from loggers import Averages, TensorBoardLogger
 from plumbing.atomic import remove_leftovers, write_atomically
 from plumbing.bookkeeping import (
-    CtrlC,
     Progress,
+    StopSignals,
     Stopwatch,
     linear,
     load_checkpoint,
@@ -165,10 +165,10 @@ def training_loop(args: argparse.Namespace, tables: dict, p: Progress, rng: np.r
     """Act, update the table; log, evaluate and snapshot; until the last step or Ctrl-C."""
     q, episode_return = tables["q"], 0.0
     clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
-    with CtrlC() as ctrl_c, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
+    with StopSignals() as stop, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1, disable=None) as bar:  # no bar where stderr is not a terminal
         try:
-            while p.step < args.steps and not ctrl_c.pressed:
+            while p.step < args.steps and not stop.received:
                 p.step += 1
                 fraction = p.step / args.steps
                 epsilon = linear(args.epsilon_start, args.epsilon_end, p.step / max(args.epsilon_steps, 1))
@@ -200,7 +200,7 @@ def training_loop(args: argparse.Namespace, tables: dict, p: Progress, rng: np.r
                     bar.update(100)
         finally:
             p.train_seconds = clock()
-    return "interrupted" if ctrl_c.pressed else "finished"
+    return "interrupted" if stop.received else "finished"
 
 
 def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, epsilon: float, visited: float,

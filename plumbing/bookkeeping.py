@@ -115,28 +115,28 @@ def linear(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * min(fraction, 1.0)
 
 
-class CtrlC:
+class StopSignals:
     """Ctrl-C (SIGINT) and SIGTERM (`kill`, a scheduler stopping the job, bench.py's trials when
-    bench.py ends) only set `pressed`, which the loop checks between steps, so a run never stops
+    bench.py ends) only set `received`, which the loop checks between steps, so a run never stops
     inside a TensorFlow call or half-way through storing a transition. A second Ctrl-C kills;
     once stopping, SIGTERM is ignored until the process ends (one end of bench.py can send several,
     and they would cut the saving short)."""
 
-    def __enter__(self) -> "CtrlC":
-        self.pressed = False
-        signal.signal(signal.SIGINT, self.press)
-        signal.signal(signal.SIGTERM, self.press)
+    def __enter__(self) -> "StopSignals":
+        self.received = False
+        signal.signal(signal.SIGINT, self.receive)
+        signal.signal(signal.SIGTERM, self.receive)
         return self
 
-    def press(self, signum: int, _) -> None:
-        self.pressed = True
+    def receive(self, signum: int, _) -> None:
+        self.received = True
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     def __exit__(self, *_) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if not self.pressed:
+        if not self.received:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

@@ -20,7 +20,7 @@ from plumbing.viewer import Window, WindowClosed, WindowError
 
 
 def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """Create an env, with a one-line error (exit 2) for ids or spaces DQN cannot handle."""
+    """Create an env, with a one-line error (exit 2) for ids or spaces no script here can handle."""
     if is_atari(env_id):
         return make_atari_env(env_id, render_mode)
     try:
@@ -30,10 +30,11 @@ def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     except gym.error.Error as e:
         fail(f"unknown env {env_id!r} ({e}); try MountainCar-v0, CartPole-v1 or Acrobot-v1")
     if not isinstance(env.action_space, gym.spaces.Discrete):
-        fail(f"env {env_id!r} has {type(env.action_space).__name__} actions; DQN needs Discrete actions")
+        fail(f"env {env_id!r} has {type(env.action_space).__name__} actions; every agent here picks one of a few "
+             "Discrete actions: try CartPole-v1, MountainCar-v0 or Acrobot-v1")
     if not isinstance(env.observation_space, gym.spaces.Box) or len(env.observation_space.shape) != 1:
-        fail(f"env {env_id!r} needs a flat Box observation for this Q-network, "
-             f"it has {env.observation_space}")
+        fail(f"env {env_id!r} observes {env.observation_space}; the networks and tables here take a flat Box "
+             "observation (a few numbers), or an Atari game's frames (ALE/<Game>-v5)")
     space = env.observation_space
     if np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
         # Scale bounded observations to [-1, 1]: MountainCar's velocity spans +-0.07 and its
@@ -93,115 +94,9 @@ class ServeWithFire(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-# ------------------------------------------------------------------------- training envs
-# The training loop steps N envs at once and sees them as one vector env: batched arrays, an
-# ended episode's next one started within the same step (its last observation in
-# info["final_obs"]), and, when whole games (the episodes a user scores) end, their raw returns
-# and lengths in info["episode"] and which envs they were in info["_episode"] (Gymnasium's
-# RecordEpisodeStatistics convention).
-
-
-def episode_info(info: dict, ended: np.ndarray, returns: np.ndarray, lengths: np.ndarray) -> None:
-    info["episode"], info["_episode"] = {"r": returns, "l": lengths}, ended
-
-
-class OneEnv:
-    """A single env behind that interface. Gymnasium's SyncVectorEnv does the same, at a cost per
-    step that slows a classic-control training by several percent (docs/results.md)."""
-    num_envs = 1
-
-    def __init__(self, env: gym.Env):
-        self.env = env
-        self.single_observation_space, self.single_action_space = env.observation_space, env.action_space
-
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
-        obs, info = self.env.reset(seed=seed)
-        self.ret, self.len = 0.0, 0
-        return obs[None], info
-
-    def step(self, actions: np.ndarray) -> tuple:
-        obs, reward, terminated, truncated, _ = self.env.step(int(actions[0]))
-        self.ret, self.len, info = self.ret + float(reward), self.len + 1, {}
-        if terminated or truncated:
-            info["final_obs"] = obs[None]
-            episode_info(info, np.array([True]), np.array([self.ret]), np.array([self.len]))
-            (obs,), _ = self.reset()
-        return obs[None], np.array([reward]), np.array([terminated]), np.array([truncated]), info
-
-    def close(self) -> None:
-        self.env.close()
-
-
-class AtariGames:
-    """N games of one Atari title stepped in ale_py's C++ threads, with the training
-    preprocessing built in (84x84 grey, 4 frames per step max-pooled, no-op starts, FIRE at
-    reset where the game needs it, zero-padded 4-frame stacks) and sticky actions (0.25, as
-    evaluated). For learning (`lives_end_episodes`), a lost life is `terminated` (no value is
-    bootstrapped past it, Mnih et al. 2015) while the game plays on; rewards stay raw (the loop
-    clips them for learning). After a lost life the next action is FIRE (see ServeWithFire);
-    info["actions"] holds the actions taken."""
-
-    def __init__(self, env_id: str, num_envs: int, threads: int, lives_end_episodes: bool = True):
-        import ale_py
-        from ale_py.vector_env import AtariVectorEnv
-
-        gym.register_envs(ale_py)
-        self.spec = gym.spec(env_id)
-        name = env_id.removeprefix("ALE/").split("-")[0]
-        game = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()  # ale_py's name: SpaceInvaders -> space_invaders
-        with quiet_stderr(ALE_NOISE):
-            self.envs = AtariVectorEnv(game, num_envs, num_threads=threads, autoreset_mode="SameStep",
-                                       repeat_action_probability=0.25, max_num_frames_per_episode=ATARI_MAX_FRAMES,
-                                       episodic_life=False, life_loss_info=lives_end_episodes, reward_clipping=False)
-        self.num_envs = num_envs
-        self.fire = fire_action([action.name for action in self.envs.ale.get_action_set()])
-        self.single_observation_space = self.envs.single_observation_space
-        self.single_action_space = self.envs.single_action_space
-
-    def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
-        obs, info = self.envs.reset(seed=seed)
-        self.lives, self.returns, self.lengths = info["lives"], np.zeros(self.num_envs), np.zeros(self.num_envs, int)
-        self.serve = np.zeros(self.num_envs, bool)  # ale_py pressed FIRE at reset
-        return obs, info
-
-    def step(self, actions: np.ndarray) -> tuple:
-        if self.fire is not None:
-            actions = np.where(self.serve, self.fire, actions)
-        obs, reward, terminated, truncated, info = self.envs.step(actions)
-        info["actions"] = actions
-        # A life lost: the frames go on (obs is the next observation); the game's end: the lives
-        # jump back (or, in games without lives, stay 0) and obs is already the next game's.
-        life_lost = info["lives"] < self.lives
-        self.lives, self.serve = info["lives"], life_lost
-        game_over = (terminated | truncated) & ~life_lost
-        if "final_obs" in info:
-            info["final_obs"] = np.where(game_over[:, None, None, None], info["final_obs"], obs)
-        self.returns += reward
-        self.lengths += 1
-        if game_over.any():
-            episode_info(info, game_over, self.returns.copy(), self.lengths.copy())
-            self.returns[game_over], self.lengths[game_over] = 0.0, 0
-        return obs, reward, terminated, truncated, info
-
-    def close(self) -> None:
-        self.envs.close()
-
-
-def finite(obs: np.ndarray, rewards: np.ndarray, info: dict) -> bool:
-    """No NaN or inf in what the envs returned (one sum: they propagate into it). Integer
-    observations (Atari frames) cannot hold either: summing them would only cost time."""
-    total = rewards.sum()
-    if obs.dtype.kind == "f":
-        total += obs.sum() + (info["final_obs"].sum() if "final_obs" in info else 0.0)
-    return math.isfinite(total)
-
-
-def make_training_envs(env_id: str, num_envs: int, threads: int):
-    """The vector env the training loop steps: Atari games, or one classic env. The id has been
-    checked already (run.py makes the env once before writing anything)."""
-    if is_atari(env_id):
-        return AtariGames(env_id, num_envs, threads)
-    return OneEnv(make_env(env_id))
+def finite(obs: np.ndarray, reward: float) -> bool:
+    """No NaN or inf in what an env returned (one sum: they propagate into it)."""
+    return math.isfinite(float(reward) + float(np.sum(obs)))
 
 
 def run_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int | None = None) -> Iterator[float]:
@@ -220,30 +115,6 @@ def evaluate_episodes(env: gym.Env, policy: Callable, episodes: int, seed: int |
     """The returns of whole episodes played with `policy(obs) -> action`, with a progress bar."""
     returns = run_episodes(env, policy, episodes, seed)
     return np.array(list(tqdm(returns, total=episodes, desc="eval", leave=False, disable=None)))
-
-
-def make_eval_env(env_id: str, games: int, threads: int) -> gym.Env | AtariGames:
-    """The env a training evaluates on, never its training envs (stepping those would cut their
-    current episodes short). Atari: `games` whole games at once, played as they are scored."""
-    if is_atari(env_id):
-        return AtariGames(env_id, games, threads, lives_end_episodes=False)
-    return make_env(env_id)
-
-
-def run_games(games: AtariGames, policy: Callable, count: int, seed: int | None = None) -> Iterator[float]:
-    """Play `count` whole games on all of `games` at once, with `policy(obs_batch) -> actions`
-    (one forward pass per step for all games); yield each game's score as it ends. Each game
-    slot plays the same number of games, its first ones: counting whichever games end first
-    would favour short games."""
-    quota = count // games.num_envs + (np.arange(games.num_envs) < count % games.num_envs)
-    played = np.zeros(games.num_envs, int)
-    obs, _ = games.reset(seed=seed)
-    while (played < quota).any():
-        obs, _, _, _, info = games.step(policy(obs))
-        if "episode" in info:
-            for env in np.flatnonzero(info["_episode"] & (played < quota)):
-                played[env] += 1
-                yield float(info["episode"]["r"][env])
 
 
 # ----------------------------------------------------------------------------- watching

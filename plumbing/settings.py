@@ -1,6 +1,7 @@
-"""The training scripts' settings: every flag with its help text, the tuned presets per env, and
-the checks that turn bad values into one-line errors. No TensorFlow here, so that see.py and
-bench.py (and a typo on a command line) never wait for it to load.
+"""The training scripts' settings: the flags they share, the tabular and policy-gradient flags with
+their presets (DQN's are in hyperparameters.py), and the checks that turn bad values into one-line
+errors. No TensorFlow here, so that see.py and bench.py (and a typo on a command line) never wait
+for it to load.
 
 Each algorithm is a script (ALGORITHMS); they share the run, evaluation and playing flags and each
 adds its own group.
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from plumbing.system import usable_cores
+from hyperparameters import ATARI, PLAIN, PRESETS, add_dqn_flags, add_network_flags
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,36 +28,6 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-# Tuned settings per env, on top of the defaults below (which are MountainCar-v0's); a flag
-# given on the command line still wins. Chosen with bench.py over seeds 0-9 (docs/results.md).
-PRESETS = {
-    "MountainCar-v0": {},
-    "CartPole-v1": dict(steps=30_000),
-    # Double DQN alone hurt Acrobot; beside prioritized replay it made the steadiest runs.
-    "Acrobot-v1": dict(steps=60_000, double=True, prioritized=True),
-    # Episodes last up to 1,000 steps: evaluate less often, with fewer episodes.
-    "LunarLander-v3": dict(steps=200_000, eval_every=10_000, eval_episodes=20),
-}
-
-# Every ALE game ("ALE/<Game>-v5") trains with these. They set every DQN setting, so that a
-# change of the classic-control defaults above never changes an Atari run. The recipe follows
-# the fast Pong ones (Tianshou's example: 3-step returns, a 100k replay, few updates per env
-# step, a target copy every 500 updates, lr 1e-4): the gradient step, not the env, is the cost.
-ATARI = dict(
-    steps=2_000_000, num_envs=8,
-    threads=usable_cores(),  # TensorFlow's and the games' threads: the conv net's update uses every core
-    lr=1e-4, lr_end=1e-4, clip_norm=10.0, loss="huber",
-    gamma=0.99, n_step=3, double=False, prioritized=False, dueling="none", tau=None, clip_rewards=True,
-    buffer_size=100_000, batch_size=32, learning_starts=20_000,
-    train_freq=64, gradient_steps=8,  # one gradient step per 8 env steps, 8 per compiled call
-    target_update=4_000,  # env steps: every 500 gradient steps
-    epsilon_start=1.0, epsilon_end=0.01, epsilon_steps=250_000, epsilon_schedule="linear",
-    eval_every=100_000, eval_episodes=5, final_eval_episodes=20, keep_best=True,
-    snapshot_every=100_000, log_every=10_000,
-)
-PRESETS.update({"ALE/Pong-v5": ATARI, "ALE/Breakout-v5": ATARI})
-
-
 def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
@@ -66,11 +37,6 @@ def preset(env_id: str, algo: str = "dqn") -> dict:
     if algo != "dqn":
         return ALGORITHMS[algo].presets.get(env_id, {})
     return PRESETS.get(env_id, ATARI if is_atari(env_id) else {})
-
-
-# The textbook DQN (Mnih et al. 2015, with a squared-error loss): every variant off. --plain puts
-# these in place of the defaults and the env's preset; a flag given on the command line still wins.
-PLAIN = dict(n_step=1, double=False, prioritized=False, dueling="none", tau=None, loss="mse")
 
 
 # Tabular Q-learning: the defaults below are MountainCar-v0's.
@@ -163,65 +129,6 @@ def add_run_flags(run, algo: str) -> None:
                               "every core this process may use)")
         run.add_argument("--num-envs", type=int, default=1,
                          help="Atari: games stepped at once, acted on in one forward pass (classic envs use one)")
-
-
-def add_network_flags(net) -> None:
-    net.add_argument("--units", type=int, default=128, help="width of each of the two hidden ReLU layers")
-    net.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (at the start)")
-    net.add_argument("--lr-end", type=float, default=2e-4,
-                     help="anneal the learning rate linearly to this by the last step (= --lr: constant)")
-    net.add_argument("--clip-norm", type=float, default=10.0, help="clip the global gradient norm to this")
-    net.add_argument("--loss", choices=["mse", "huber"], default="mse",
-                     help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
-
-
-def add_dqn_flags(dqn) -> None:
-    dqn.add_argument("--plain", action="store_true",
-                     help="the textbook DQN: every variant below off (1-step returns, no Double, no prioritized "
-                          "replay, no dueling, hard target copies, squared error), whatever the defaults")
-    dqn.add_argument("--gamma", type=float, default=0.99, help="discount factor")
-    dqn.add_argument("--buffer-size", type=int, default=50_000, help="replay capacity in transitions")
-    dqn.add_argument("--batch-size", type=int, default=64, help="transitions per gradient step")
-    dqn.add_argument("--learning-starts", type=int, default=1_000,
-                     help="env steps of pure exploration before the first update")
-    dqn.add_argument("--train-freq", type=int, default=16,
-                     help="env steps between training calls (all envs' steps counted); "
-                          "--train-freq / --gradient-steps is the update ratio, "
-                          "env steps per gradient step")
-    dqn.add_argument("--gradient-steps", type=int, default=16,
-                     help="gradient steps per training call (one compiled call does all of them)")
-    dqn.add_argument("--target-update", type=int, default=100,
-                     help="env steps between hard copies of the online weights into the target network")
-    dqn.add_argument("--tau", type=float, default=None,
-                     help="instead of hard copies, move the target toward the online weights by this fraction "
-                          "after every gradient step (Polyak averaging, Lillicrap et al. 2016; e.g. 0.005)")
-    dqn.add_argument("--n-step", type=int, default=3,
-                     help="learn from n-step returns r_t + g r_t+1 + ... + g^n max Q(s_t+n): rewards travel "
-                          "back n steps per update instead of one (Sutton 1988; part of Rainbow); "
-                          "1 is the textbook one-step target")
-    dqn.add_argument("--double", action=argparse.BooleanOptionalAction, default=False,
-                     help="Double DQN (van Hasselt et al. 2016): the online network picks the next action, "
-                          "the target network evaluates it, which curbs the overestimation of max")
-    dqn.add_argument("--prioritized", action=argparse.BooleanOptionalAction, default=False,
-                     help="prioritized replay (Schaul et al. 2016): sample transitions in proportion to "
-                          "(|TD error| + eps)^alpha, and correct the bias with importance weights")
-    dqn.add_argument("--per-alpha", type=float, default=0.6,
-                     help="--prioritized: how much priorities count (0: uniform sampling)")
-    dqn.add_argument("--per-beta", type=float, default=0.4,
-                     help="--prioritized: importance-weight exponent at the start, annealed to 1 by the last step")
-    dqn.add_argument("--per-eps", type=float, default=1e-5,
-                     help="--prioritized: added to |TD error| so that no transition's priority is 0")
-    dqn.add_argument("--dueling", choices=["none", "avg", "max"], default="none",
-                     help="Dueling network (Wang et al. 2016): separate value and advantage heads, "
-                          "Q = V + A - mean(A) (avg) or - max(A) (max)")
-    dqn.add_argument("--clip-rewards", action=argparse.BooleanOptionalAction, default=False,
-                     help="learn from the sign of each reward (-1, 0, +1), as DQN does on Atari so that one "
-                          "learning rate suits every game; returns are logged and evaluated unclipped")
-    add_epsilon_flags(dqn, start=1.0, end=0.02, steps=20_000)
-    dqn.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
-                     help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
-    dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
-                     help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
 
 
 def add_tabular_flags(tab) -> None:

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from conftest import run_main, scalars, script
 
+import run
+from atari import AtariGames, conv_torso, evaluate, play_games, q_function
 from frame_replay import FrameReplayBuffer
-from plumbing.envs import AtariGames, make_env, run_games
+from plumbing.envs import make_env
 from plumbing.keras_files import load_model
-from replay_buffer import store
+from plumbing.settings import final_eval_seed
 
 
 def test_the_evaluation_env_gives_stacks_of_84x84_grey_uint8_frames_zero_padded():
@@ -32,14 +34,13 @@ def test_the_evaluation_env_gives_stacks_of_84x84_grey_uint8_frames_zero_padded(
 
 
 def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen():
-    """Breakout in two ale_py games, random actions, through the loop's store() into the frame
+    """Breakout in two ale_py games, random actions, through the loop's replay.store() into the frame
     replay: a lost life is terminated but the frames go on; a game over starts a zero-padded
     stack; every stored transition is one the envs really produced."""
     games = AtariGames("ALE/Breakout-v5", num_envs=2, threads=1)
     obs, _ = games.reset(seed=0)
     replay = FrameReplayBuffer(2 * 3000, num_envs=2, n_step=1)
-    for env in range(2):
-        replay.start(env, obs[env])
+    replay.start_all(obs)
     rng, seen, kinds = np.random.default_rng(0), set(), {"life": 0, "game": 0}
     for _ in range(600):
         actions = rng.integers(4, size=2)
@@ -48,7 +49,7 @@ def test_training_games_end_an_episode_at_each_lost_life_and_store_what_was_seen
         obs, rewards, terminated, truncated, info = games.step(actions)
         actions = info["actions"]
         assert np.all(actions[served] == 1)  # FIRE, after a lost life
-        store(replay, actions, np.sign(rewards), obs, terminated, truncated, info)
+        replay.store(actions, np.sign(rewards), obs, terminated, truncated, info)
         for env in range(2):
             done = terminated[env] or truncated[env]
             next_obs = info["final_obs"][env] if done else obs[env]
@@ -89,7 +90,7 @@ def test_evaluation_games_are_whole_games_and_each_slot_gives_its_first_ones():
 
     games.step = step_and_record
     rng = np.random.default_rng(0)
-    scores = list(run_games(games, lambda obs: rng.integers(4, size=len(obs)), count=3, seed=0))
+    scores = list(play_games(games, lambda obs: rng.integers(4, size=len(obs)), count=3, seed=0))
     games.close()
     quota, expected = [2, 1], []
     for env, score in ends:
@@ -112,7 +113,7 @@ def test_breakout_serves_for_the_agent_so_an_agent_that_never_fires_loses_its_fi
         return step(actions)
 
     games.step = step_and_count
-    assert len(list(run_games(games, lambda obs: np.zeros(len(obs), int), count=2, seed=0))) == 2
+    assert len(list(play_games(games, lambda obs: np.zeros(len(obs), int), count=2, seed=0))) == 2
     games.close()
     env = make_env("ALE/Breakout-v5")
     lengths = []
@@ -142,17 +143,24 @@ def test_a_game_without_lives_is_one_episode_and_the_agent_keeps_its_actions():
 
 
 @pytest.mark.slow
-def test_every_variant_learns_on_the_conv_network(tmp_path):
-    """Double, dueling, prioritized replay over frames, soft target updates (n-step 3 and the
-    Huber loss are the preset's): a few real updates on Pong, finite, and the snapshot loads."""
-    assert run_main("--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "2", "--steps", "300",
-                    "--learning-starts", "200", "--train-freq", "20", "--gradient-steps", "2", "--buffer-size", "2000",
-                    "--double", "--dueling", "avg", "--prioritized", "--tau", "0.01", "--eval-every", "0",
-                    "--final-eval-episodes", "0", "--log-every", "100", "--logdir", tmp_path, "--name", "all") == 0
+def test_every_variant_updates_the_conv_network(tmp_path):
+    """Double, dueling, prioritized replay over frames, soft target updates (n-step 3 and the Huber
+    loss are the preset's): a few real gradient steps on Pong move the weights away from where the
+    seed started them, the losses are finite, the importance weights are in (0, 1], the snapshot loads."""
+    flags = ["--env", "ALE/Pong-v5", "--threads", "1", "--num-envs", "2", "--steps", "300", "--learning-starts", "200",
+             "--train-freq", "20", "--gradient-steps", "2", "--buffer-size", "2000", "--double", "--dueling", "avg",
+             "--prioritized", "--tau", "0.01", "--eval-every", "0", "--final-eval-episodes", "0", "--log-every", "100"]
+    assert run_main(*flags, "--logdir", tmp_path, "--name", "all") == 0
     curves = scalars(tmp_path / "all")
-    assert {"train/is_weight", "train/tau"} <= set(curves) and np.isfinite(curves["train/loss"][-1][1])
+    assert "train/tau" in curves and all(0 < w <= 1 for _, w in curves["train/is_weight"])
+    assert all(np.isfinite(loss) for _, loss in curves["train/loss"])
     model = load_model(str(tmp_path / "all" / "final.keras"), make_env("ALE/Pong-v5"))
     assert model.get_layer("dueling").mode == "avg"
+    args = run.parse_args(flags)
+    started = run.new_state(args, (4, 84, 84), 6, None, torso=conv_torso, obs_dtype="uint8").model  # as the run began
+    assert json.loads((tmp_path / "all" / "summary.json").read_text())["gradient_steps"] == 12  # at 200, 220, ..., 300
+    moved = [np.abs(w - w0).max() for w, w0 in zip(model.get_weights(), started.get_weights(), strict=True)]
+    assert min(moved) > 0  # every layer, the conv ones included, took gradient steps
 
 
 @pytest.mark.slow
@@ -165,7 +173,12 @@ def test_a_short_pong_training_runs_its_snapshot_plays_back_and_it_enters_the_at
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "finished" and s["steps"] == 800
     assert (run_dir / "step_400.keras").is_file() and (run_dir / "checkpoint.npz").is_file()
-    assert -21 <= s["final_eval_mean"] <= 21 and s["final_eval_episodes"] == 1
+    assert s["final_eval_episodes"] == 1
+    # the final evaluation: one whole game (all its lives) played greedily by final.keras from the final seed
+    model = load_model(str(run_dir / "final.keras"), make_env("ALE/Pong-v5"))
+    games = AtariGames("ALE/Pong-v5", 5, threads=1, lives_end_episodes=False)  # the preset's 5 evaluation games
+    assert s["final_eval_mean"] == evaluate(games, q_function(model), 1, final_eval_seed(0))[0]
+    games.close()
     out = capsys.readouterr().out
     # steps count all 4 games: 2 gradient steps at each multiple of 40 from 400 to 800
     assert "replay: 4,000 frames" in out and "800 steps and 22 gradient steps in " in out

@@ -10,12 +10,13 @@ import pytest
 import tensorflow as tf
 from conftest import assert_close_across_paths, assert_same_greedy_actions
 
+import atari
 import run
-from plumbing import dqn_files
+from plumbing import dqn_run
 from plumbing.envs import make_env
 from plumbing.keras_files import load_model, save_model
 from replay_buffer import Batch, ReplayBuffer
-from run import Dueling, QValues, create_model, epsilon_greedy, greedy_actions
+from run import Dueling, QValues, create_model, epsilon_greedy, greedy_action
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -64,7 +65,7 @@ def test_numpy_forward_matches_keras(model):
     q_values = QValues(model)
     assert q_values.in_numpy  # the numpy forward pass, not the compiled fallback
     assert_close_across_paths(q_values(obs), keras_q)
-    assert_same_greedy_actions([int(greedy_actions(q_values, o[None])[0]) for o in obs], keras_q)  # one at a time
+    assert_same_greedy_actions([greedy_action(q_values, o) for o in obs], keras_q)  # one at a time
 
 
 def test_bellman_target_bootstraps_through_truncation_not_termination():
@@ -127,9 +128,9 @@ def test_epsilon_schedule():
 
 def test_epsilon_greedy_action(model):
     q_values, obs, rng = QValues(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
-    greedy = int(greedy_actions(q_values, obs[None])[0])
-    assert all(epsilon_greedy(q_values, obs[None], 0.0, rng)[0] == greedy for _ in range(100))
-    counts = np.bincount([epsilon_greedy(q_values, obs[None], 1.0, rng)[0] for _ in range(3000)], minlength=3)
+    greedy = greedy_action(q_values, obs)
+    assert all(epsilon_greedy(q_values, obs, 0.0, rng) == greedy for _ in range(100))
+    counts = np.bincount([epsilon_greedy(q_values, obs, 1.0, rng) for _ in range(3000)], minlength=3)
     assert counts.min() > 900  # uniform over the 3 actions
 
 
@@ -155,12 +156,12 @@ def test_checkpoint_round_trip(tmp_path, model):
                             evals=[[50, -200.0]], best_eval_step=50, best_eval_mean=-200.0)
     best = [w + 1 for w in model.get_weights()]
     state = run.TrainingState(model, target, replay, rng, progress, replay.obs[:5], best)
-    dqn_files.save_checkpoint(tmp_path, state)
+    dqn_run.save_checkpoint(tmp_path, state)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # one file, no temporary left
 
     loaded = run.TrainingState(create_model(2, 3, 16, 1e-2, 10.0), create_model(2, 3, 16, 1e-2, 10.0),
                                ReplayBuffer(50, (2,)), np.random.default_rng(99), run.Progress())
-    dqn_files.load_checkpoint(tmp_path, loaded)
+    dqn_run.load_checkpoint(tmp_path, loaded)
     # the wall time saved adds this process's time so far to the earlier sessions' 2 s
     assert loaded.progress.wall_seconds > progress.wall_seconds
     assert loaded.progress == dataclasses.replace(progress, wall_seconds=loaded.progress.wall_seconds)
@@ -314,7 +315,7 @@ def test_q_values_of_other_networks_come_from_one_compiled_function():
     expected = old([obs, np.ones((20, 3), np.float32)]).numpy()
     assert not q_values.in_numpy
     assert_close_across_paths(q_values(obs), expected)
-    assert_same_greedy_actions([int(greedy_actions(q_values, o[None])[0]) for o in obs], expected)
+    assert_same_greedy_actions([greedy_action(q_values, o) for o in obs], expected)
 
 
 @pytest.mark.parametrize("loss", ["mse", "huber"])
@@ -336,7 +337,8 @@ def test_loss_is_the_mean_td_loss_of_the_taken_actions(loss):
 
 @pytest.mark.numerics
 def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_policy(tmp_path):
-    model = create_model((4, 84, 84), 6, units=0, lr=1e-4, clip_norm=10.0, dueling="avg")
+    model = create_model((4, 84, 84), 6, units=0, lr=1e-4, clip_norm=10.0, dueling="avg", torso=atari.conv_torso,
+                         obs_dtype="uint8")
     assert model.inputs[0].dtype == "uint8"
     conv = [model.get_layer(f"conv_{i}") for i in range(3)]
     assert [(c.filters, c.kernel_size, c.strides) for c in conv] == [(32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)),
@@ -350,25 +352,21 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     q_values = QValues(model)
     assert not q_values.in_numpy  # no numpy path for convolutions: one compiled call
     assert_close_across_paths(q_values(frames), q)  # compiled, against Keras' eager call
-    assert_same_greedy_actions([int(greedy_actions(q_values, f[None])[0]) for f in frames], q)  # one at a time
+    assert_same_greedy_actions([greedy_action(q_values, f) for f in frames], q)  # one at a time
     model.save(tmp_path / "conv.keras")
     loaded = keras.models.load_model(tmp_path / "conv.keras", compile=False)
     assert_close_across_paths(QValues(loaded)(frames), q)
 
 
-def test_batched_epsilon_greedy_draws_what_the_single_env_loop_drew(model):
+def test_atari_acting_draws_what_the_single_env_loop_draws_for_one_game(model):
     q_values = QValues(model)
     obs = np.random.default_rng(1).uniform(-1, 1, size=(200, 2)).astype(np.float32)
-
-    def single_env(o, epsilon, rng):  # the single-env loop's draws: a uniform, then an action only to explore
-        return int(rng.integers(3)) if rng.random() < epsilon else int(greedy_actions(q_values, o[None])[0])
-
     for epsilon in (0.0, 0.3, 1.0):
         one, batched = np.random.default_rng(7), np.random.default_rng(7)
-        singles = [single_env(o, epsilon, one) for o in obs]
-        batches = [int(epsilon_greedy(q_values, o[None], epsilon, batched)[0]) for o in obs]
-        assert singles == batches  # one env: the same actions from the same seed
-    actions = epsilon_greedy(q_values, obs, 0.0, np.random.default_rng(0))
+        singles = [epsilon_greedy(q_values, o, epsilon, one) for o in obs]
+        batches = [int(atari.epsilon_greedy(q_values, o[None], epsilon, batched, 3)[0]) for o in obs]
+        assert singles == batches  # one game: the same actions from the same seed
+    actions = atari.epsilon_greedy(q_values, obs, 0.0, np.random.default_rng(0), 3)
     np.testing.assert_array_equal(actions, np.argmax(q_values(obs), axis=1))
-    random_share = np.mean(epsilon_greedy(q_values, obs, 0.5, np.random.default_rng(0)) != actions)
+    random_share = np.mean(atari.epsilon_greedy(q_values, obs, 0.5, np.random.default_rng(0), 3) != actions)
     assert 0.2 < random_share < 0.45  # half explore, and a third of those pick the greedy action anyway

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer, StepWriter, SumTree
+from replay_buffer import NStep, PrioritizedReplayBuffer, ReplayBuffer, SumTree
 
 
 def fill(buf: ReplayBuffer, n: int) -> None:
@@ -155,21 +155,17 @@ def test_prioritized_save_and_load_keeps_priorities(tmp_path):
     assert other.priorities.max_priority == buf.priorities.max_priority and other.next == buf.next
 
 
-def test_step_writer_forms_each_envs_n_step_transitions_from_interleaved_steps():
-    replay = ReplayBuffer(100, (1,))
-    writer = StepWriter(replay, num_envs=2, n_step=2, gamma=0.5)
-    writer.start(0, np.array([0.0]))
-    writer.start(1, np.array([100.0]))
-    # env 0: 0 -> 1 -> 2 (terminated); env 1: 100 -> 101 -> 102 -> 103, still running
+def test_store_forms_n_step_transitions_and_flushes_them_at_an_episodes_end():
+    replay = ReplayBuffer(100, (1,), n_step=2, gamma=0.5)
+    # 0 -> 1 -> 2 -> 3 (terminated): two complete 2-step transitions, then the last step's alone
     for t in range(3):
-        if t < 2:
-            writer.add(0, 0, 1.0, np.array([t + 1.0]), terminated=t == 1, truncated=False)
-        writer.add(1, 1, 10.0, np.array([101.0 + t]), terminated=False, truncated=False)
-    stored = {(float(replay.obs[i, 0]), float(replay.reward[i]), float(replay.next_obs[i, 0]),
-               float(replay.terminated[i]), float(replay.discount[i])) for i in range(len(replay))}
-    assert stored == {(0.0, 1.5, 2.0, 1.0, 0.25), (1.0, 1.0, 2.0, 1.0, 0.5),  # env 0's episode, flushed at its end
-                      (100.0, 15.0, 102.0, 0.0, 0.25), (101.0, 15.0, 103.0, 0.0, 0.25)}  # env 1: complete 2-step ones
-    writer.start(1, np.array([200.0]))  # a resumed run: env 1's pending step is dropped, not joined to the new episode
-    writer.add(1, 1, 10.0, np.array([201.0]), terminated=True, truncated=False)
-    assert (float(replay.obs[len(replay) - 1, 0]), float(replay.next_obs[len(replay) - 1, 0])) == (200.0, 201.0)
-    assert len(replay) == 5
+        replay.store(np.array([float(t)]), 1, 1.0 + t, np.array([t + 1.0]), terminated=t == 2, truncated=False)
+    # then 10 -> 11 (truncated by a time limit): stored with terminated 0, so it still bootstraps
+    replay.store(np.array([10.0]), 0, 5.0, np.array([11.0]), terminated=False, truncated=True)
+    stored = [(float(replay.obs[i, 0]), int(replay.action[i]), float(replay.reward[i]), float(replay.next_obs[i, 0]),
+               float(replay.terminated[i]), float(replay.discount[i])) for i in range(len(replay))]
+    assert stored == [(0.0, 1, 1.0 + 0.5 * 2.0, 2.0, 0.0, 0.25),  # r0 + g r1, bootstrapping from s2 with g^2
+                      (1.0, 1, 2.0 + 0.5 * 3.0, 3.0, 1.0, 0.25),  # completed by the terminating step
+                      (2.0, 1, 3.0, 3.0, 1.0, 0.5),  # the episode's end flushes the pending step with k = 1
+                      (10.0, 0, 5.0, 11.0, 0.0, 0.5)]
+    assert not replay.n_step.pending  # nothing carries over into the next episode

@@ -54,6 +54,7 @@ MODELS = [("MountainCar-v0", "none"), ("CartPole-v1", "avg"), ("ALE/Breakout-v5"
 @pytest.fixture(scope="module", params=MODELS, ids=lambda m: f"{m[0]}-{m[1]}")
 def exported(request, tmp_path_factory):
     """A model saved as training saves it, exported by run.py --export; its Keras Q-values and the env."""
+    from atari import conv_torso
     from plumbing.envs import make_env
     from plumbing.keras_files import save_model
     from run import create_model
@@ -61,7 +62,9 @@ def exported(request, tmp_path_factory):
     env_id, dueling = request.param
     env = make_env(env_id)
     keras.utils.set_random_seed(3)
-    model = create_model(env.observation_space.shape, int(env.action_space.n), 64, 1e-3, 10.0, dueling=dueling)
+    frames = dict(torso=conv_torso, obs_dtype="uint8") if env_id.startswith("ALE/") else {}
+    model = create_model(env.observation_space.shape, int(env.action_space.n), 64, 1e-3, 10.0, dueling=dueling,
+                         **frames)
     folder = tmp_path_factory.mktemp("export")
     save_model(model, folder / "model.keras")
     assert run_main("--model", folder / "model.keras", "--env", env_id, "--threads", "1",

@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's
 
 from bench import run_trial  # noqa: E402
 from plumbing import settings  # noqa: E402
-from plumbing.envs import AtariGames  # noqa: E402
 from plumbing.settings import Parser, fail  # noqa: E402
 from replay_buffer import PrioritizedReplayBuffer  # noqa: E402
 
@@ -119,6 +118,8 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
 
 def time_atari_games(env_id: str, num_envs: int, threads: int, steps: int = 40_000) -> float:
     """Env steps/s of the training games with random actions (no network, no replay)."""
+    from atari import AtariGames  # loads TensorFlow (atari.py trains): only for --atari
+
     games = AtariGames(env_id, num_envs, threads)
     games.reset(seed=0)
     rng = np.random.default_rng(0)
