@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from loggers import log_episode, log_training
-from plumbing.dqn_run import Run
+from plumbing.dqn_run import Run, TrainingState
 from plumbing.envs import ALE_NOISE, ATARI_MAX_FRAMES, fire_action
 from plumbing.startup import quiet_stderr, use_threads
-from run import TrainingState, epsilon_at, learn, make_update, new_state
+from run import epsilon_at, learn, make_update, new_state
 
 
 def conv_torso(frames):

@@ -1,9 +1,7 @@
-"""Deep Q-learning (DQN) with TensorFlow 2 / Keras 3 on a Gymnasium env (classic control, Box2D).
-Train: python run.py [--env ID]; watch: python run.py --model runs/<name>/final.keras --view (or --eval);
-resume: python run.py --resume runs/<name>. The hyperparameters, each with its default and why, are in
-hyperparameters.py. This file is the algorithm, top to bottom: the Q-network, acting, the targets and
-the update, the training loop, evaluation, playing a saved model. The replay is in replay_buffer.py,
-the curves in loggers.py; Atari games learn from pixels in atari.py, which reuses this file's pieces.
+"""Deep Q-learning (DQN) with TensorFlow 2 / Keras 3 on a Gymnasium env: the Q-network, acting, the targets
+and the update, the training loop, evaluation, playing a saved model. Its hyperparameters, each with its default
+and why, are in hyperparameters.py; the replay in replay_buffer.py, the curves in loggers.py; atari.py learns
+from pixels on this file's pieces. python run.py [--env ID]; python run.py --model runs/NAME/final.keras --view
 """
 
 import argparse
@@ -11,11 +9,10 @@ import functools
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 from plumbing.bookkeeping import Progress, train_and_report
-from plumbing.settings import is_atari, parse_args
+from plumbing.settings import learns_from_pixels, parse_args
 from plumbing.startup import load_tensorflow, prepare_for, use_threads
 
 if __name__ == "__main__":
@@ -28,7 +25,7 @@ import numpy as np
 
 from loggers import log_episode, log_training
 from plumbing import serving
-from plumbing.dqn_run import Run
+from plumbing.dqn_run import Run, TrainingState
 from plumbing.envs import evaluate_episodes, finite, make_env, play_env, play_saved
 from plumbing.keras_files import load_model
 from replay_buffer import Batch, PrioritizedReplayBuffer, ReplayBuffer
@@ -38,8 +35,7 @@ import value_map
 # ------------------------------------------------------------------------------ Q-network
 @keras.saving.register_keras_serializable(package="dqn")
 class Dueling(keras.layers.Layer):
-    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') (or max; Wang et al. 2016). Subtracting it makes V
-    and A identifiable: else any constant could move between them. The paper found mean more stable."""
+    """Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a') (or max; Wang et al. 2016), which makes V and A identifiable."""
 
     def __init__(self, mode: str = "avg", **kwargs):
         super().__init__(**kwargs)
@@ -62,10 +58,8 @@ def dense_torso(obs, units: int):
 
 def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, lr, clip_norm: float,
                  loss: str = "mse", dueling: str = "none", torso=None, obs_dtype: str = "float32") -> keras.Model:
-    """Q(s, .) for all actions, multiplied by an action mask: all ones gives every action's Q-value
-    (for acting and the target), one-hot only the taken action's (for the loss). `torso(obs)` turns
-    observations into features: the dense one here, atari.py's conv one for frames; `dueling` splits
-    the head in two."""
+    """Q(s, .) for all actions, times an action mask: all ones gives every action's Q-value (for acting and the
+    target), one-hot only the taken action's (for the loss). `torso`: atari.py's conv one for frames."""
     obs = keras.Input((obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape), dtype=obs_dtype, name="obs")
     mask = keras.Input((n_actions,), name="action_mask")
     h = dense_torso(obs, units) if torso is None else torso(obs)
@@ -75,16 +69,14 @@ def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, l
         value, advantage = keras.layers.Dense(1, name="value")(h), keras.layers.Dense(n_actions, name="advantage")(h)
         q = Dueling(dueling, name="dueling")([value, advantage])
     model = keras.Model([obs, mask], keras.layers.Multiply(name="masked_q")([q, mask]))
-    # A loss object, not the string "mse": .h5 files of models compiled with "mse" do not load back.
-    model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm),
+    model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=clip_norm),  # not "mse": its .h5 won't load
                   loss=keras.losses.Huber() if loss == "huber" else keras.losses.MeanSquaredError())
     return model
 
 
 # --------------------------------------------------------------------------------- acting
 def epsilon_at(step: int, args: argparse.Namespace) -> float:
-    """Exploration at this env step: linear from --epsilon-start to --epsilon-end over --epsilon-steps,
-    then constant; or (--epsilon-schedule exponential) start * decay**step, never below the end."""
+    """Exploration at this env step: linear from start to end over --epsilon-steps, or start * decay**step."""
     start, end = args.epsilon_start, args.epsilon_end
     if args.epsilon_schedule == "exponential":
         return max(end, start * args.epsilon_decay**step)
@@ -92,10 +84,7 @@ def epsilon_at(step: int, args: argparse.Namespace) -> float:
 
 
 class QValues:
-    """Q(s, .) of a batch of observations, `q_values(obs)`. Acting calls it at every env step, where a
-    Keras call would cost more than the env's step: so it runs in numpy on a copy of the dense net's
-    weights, refreshed after each update (a conv net, or a snapshot whose layers are not named as
-    create_model names them, runs as one compiled call instead)."""
+    """Q(s, .) of observations for acting: numpy on a copy of a dense net's weights (cheaper than a Keras call)."""
 
     def __init__(self, model: keras.Model):
         self.model, self.n_actions = model, int(model.output_shape[-1])
@@ -107,8 +96,7 @@ class QValues:
                                     reduce_retracing=True)  # with the all-ones mask
         self.refresh()
 
-    def refresh(self, values: list | None = None) -> None:
-        """Copy the weights (or these values of them, as the update returns them) for acting."""
+    def refresh(self, values: list | None = None) -> None:  # the weights, or these values (from the update)
         if self.in_numpy:
             values = self.model.trainable_variables if values is None else values
             w = {v.path: np.asarray(value) for v, value in zip(self.model.trainable_variables, values, strict=True)}
@@ -127,8 +115,7 @@ class QValues:
 
 
 def greedy_action(q_values: QValues, obs: np.ndarray) -> int:
-    """argmax_a Q(s, a) for one observation."""
-    return int(np.argmax(q_values(obs[None])[0]))
+    return int(np.argmax(q_values(obs[None])[0]))  # argmax_a Q(s, a)
 
 
 def epsilon_greedy(q_values: QValues, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
@@ -141,10 +128,9 @@ def epsilon_greedy(q_values: QValues, obs: np.ndarray, epsilon: float, rng: np.r
 # ------------------------------------------------------------------------------- learning
 def bellman_targets(target_model: keras.Model, reward, next_obs, terminated, discount,
                     online_model: keras.Model | None = None):
-    """y = r + discount * max_a' Q_target(s', a'), with discount gamma**k for a k-step return. A true
-    termination stops the bootstrap; a time-limit truncation does not (the car could have kept driving).
-    The periodically copied target network keeps y from chasing the weights being updated (Mnih et al.
-    2015). Double DQN (`online_model`, van Hasselt et al. 2016): Q_target(s', argmax_a' Q_online(s', a'))."""
+    """y = r + gamma**k * max_a' Q_target(s', a') for a k-step return; a termination stops the bootstrap, a time limit
+    does not (the car could have kept driving). The target network, copied now and then, keeps y from chasing the
+    weights being updated (Mnih et al. 2015). --double (van Hasselt et al. 2016): Q_target(s', argmax Q_online(s'))."""
     next_obs = tf.convert_to_tensor(next_obs)
     ones = tf.ones((tf.shape(next_obs)[0], target_model.output_shape[-1]))
     q_next = target_model([next_obs, ones])
@@ -163,15 +149,14 @@ def update_target(target_model: keras.Model, model: keras.Model, tau: float = 1.
 
 
 def make_update(model: keras.Model, target_model: keras.Model, double: bool = False, tau: float | None = None):
-    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...)) in one call,
-    removing the per-call cost that dominates a small network; returns the mean loss, |TD errors|, new weights.
-    All G targets come from the networks at the call's start (with --tau or --double they lag < G steps)."""
+    """Compile DQN's update: G gradient steps on G minibatches (a Batch of shape (G, batch, ...)) in one call, as the
+    per-call cost dominates a small network; returns the mean loss, |TD errors|, the new weights. All G targets come
+    from the networks at the call's start (with --tau or --double they lag < G steps)."""
     n_actions = model.output_shape[-1]
     # XLA fuses the dense network's many small ops, but slows the conv net's convolutions down (docs/atari.md).
     @tf.function(jit_compile=len(model.inputs[0].shape) == 2)
     def update(batch: Batch):
         g, b = tf.shape(batch.reward)[0], tf.shape(batch.reward)[1]
-
         def flat(x):  # (G, batch, ...) -> (G * batch, ...)
             return tf.reshape(x, tf.concat([[g * b], tf.shape(x)[2:]], 0))
         y = bellman_targets(target_model, flat(batch.reward), flat(batch.next_obs), flat(batch.terminated),
@@ -181,10 +166,9 @@ def make_update(model: keras.Model, target_model: keras.Model, double: bool = Fa
         for i in tf.range(g):
             mask = tf.one_hot(batch.action[i], n_actions)
             with tf.GradientTape() as tape:
-                # The one-hot mask zeroes every other action, so the sum is the taken action's Q-value:
-                # the loss is the mean over the minibatch of (y - Q(s, a))^2 (or its Huber form).
+                # The one-hot mask zeroes the other actions: the sum is the taken action's Q-value, and the loss the
+                # minibatch's mean (y - Q(s, a))^2 (or its Huber form), each scaled by its --prioritized weight.
                 q_taken = tf.reduce_sum(model([batch.obs[i], mask], training=True), axis=1)
-                # --prioritized: each transition's loss is scaled by its importance weight.
                 weight = None if batch.weight is None else batch.weight[i]
                 loss = model.loss(y[i][:, None], q_taken[:, None], sample_weight=weight)
             td_errors = td_errors.write(i, tf.abs(y[i] - q_taken))
@@ -194,34 +178,19 @@ def make_update(model: keras.Model, target_model: keras.Model, double: bool = Fa
                 update_target(target_model, model, tau)
             total += loss
         return total / tf.cast(g, tf.float32), td_errors.stack(), [tf.identity(v) for v in model.trainable_variables]
-
     return update
 
 
-@dataclass
-class TrainingState:
-    """Everything a run has learned so far; the checkpoint saves exactly this and --resume loads it."""
-    model: keras.Model  # the online Q-network, with its optimizer
-    target: keras.Model
-    replay: ReplayBuffer
-    rng: np.random.Generator  # exploration and replay sampling
-    progress: Progress
-    validation_obs: np.ndarray | None = None  # fixed states for the average-max-Q curve, drawn when learning starts
-    best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
-
-
-def new_state(args: argparse.Namespace, obs_shape: tuple[int, ...], n_actions: int, replay,
-              **network) -> TrainingState:
-    """Fresh networks (the target a copy of the online one) with `network`'s torso, `replay`, counters at 0."""
+def new_state(args: argparse.Namespace, obs_shape: tuple, n_actions: int, replay, **network) -> TrainingState:
+    """Fresh networks (the target a copy of the online one; `network`: a torso), `replay`, counters at 0."""
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    # Linear learning-rate decay; the schedule counts gradient steps, not env steps.
-    updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps
+    updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps  # lr decays per update
     lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
     model, target = (create_model(obs_shape, n_actions, args.units, lr, args.clip_norm, args.loss, args.dueling,
                                   **network) for _ in range(2))
     target.set_weights(model.get_weights())
-    return TrainingState(model, target, replay, rng, Progress())
+    return TrainingState(model, target, replay, rng, Progress())  # what the checkpoint saves (plumbing/dqn_run.py)
 
 
 def learn(args: argparse.Namespace, state: TrainingState, update, stats: dict) -> list | None:
@@ -249,7 +218,7 @@ def learn(args: argparse.Namespace, state: TrainingState, update, stats: dict) -
     return new_weights
 
 
-# -------------------------------------------------------------------------- training loop
+# ---------------------------------------------------------- training loop, evaluation, playing
 def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     """Train a DQN agent, writing logs, snapshots and summary.json to run_dir; return the summary."""
     use_threads(tf, args.threads)  # here, not in main: a --resume runs with its saved settings
@@ -259,14 +228,13 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     replay = (PrioritizedReplayBuffer(args.buffer_size, shape, args.n_step, args.gamma, args.per_alpha, args.per_eps)
               if args.prioritized else ReplayBuffer(args.buffer_size, shape, args.n_step, args.gamma))
     state = new_state(args, shape, n_actions, replay)
-    run = Run(args, run_dir, state, resuming, functools.partial(epsilon_at, args=args))
-    obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
-    eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
-    with run:
+    with Run(args, run_dir, state, resuming, functools.partial(epsilon_at, args=args)) as run:
+        obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
+        eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
         status = training_loop(args, state, env, obs, eval_env, run)
     env.close()  # then last.keras, final.keras (the best evaluated weights), their evaluations, summary.json:
-    return run.finish(status, eval_env, lambda seed: evaluate(eval_env, QValues(state.model),
-                                                              args.final_eval_episodes, seed))
+    return run.finish(status, eval_env, lambda seed: evaluate_episodes(  # the model's weights when it is called
+        eval_env, functools.partial(greedy_action, QValues(state.model)), args.final_eval_episodes, seed))
 
 
 def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, obs: np.ndarray, eval_env: gym.Env,
@@ -312,43 +280,29 @@ def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, 
     return "interrupted" if run.stopping else "finished"
 
 
-# ----------------------------------------------------------------------------- evaluation
-def evaluate(env: gym.Env, q_values: QValues, episodes: int, seed: int | None = None) -> np.ndarray:
-    """Greedy returns of whole episodes on the evaluation env."""
-    return evaluate_episodes(env, functools.partial(greedy_action, q_values), episodes, seed)
-
-
 def evaluate_periodically(args: argparse.Namespace, state: TrainingState, q_values: QValues, eval_env: gym.Env,
                           run: Run) -> None:
-    """Log the greedy policy's mean return, and the mean over fixed states of max_a Q(s, a) (a smooth
-    signal of progress); the run notes when it first solves the env and keeps its best weights."""
-    mean = float(evaluate(eval_env, q_values, args.eval_episodes).mean())
+    """Log the greedy policy's mean return, and max_a Q(s, a) averaged over fixed states (a smooth signal)."""
+    mean = float(evaluate_episodes(eval_env, functools.partial(greedy_action, q_values), args.eval_episodes).mean())
     run.log.scalar("eval/mean_return", mean, state.progress.step)
     if state.validation_obs is not None:
         run.log.scalar("eval/avg_max_q", float(q_values(state.validation_obs).max(axis=1).mean()), state.progress.step)
     run.evaluated(mean, eval_env.spec.reward_threshold)
 
 
-# --------------------------------------------------------------------- playing a saved model
 def play(args: argparse.Namespace) -> int:
-    """--model PATH with --view, --eval, --video and/or --gif: the greedy action at every step;
-    --plot: a picture of what it learned (value_map.py); --export: files to serve it (plumbing/serving.py)."""
+    """--model PATH: play greedily (--view, --eval, --video, --gif), draw it (--plot), serve it (--export)."""
     use_threads(tf, args.threads)
     env = make_env(args.env)
-    if args.plot:
-        value_map.check_drawable(env)
-    if args.export:
-        serving.check_export_dir(args.export)
-    model = load_model(args.model, env)  # checked before anything is written
-    q_values = QValues(model)
+    q_values = QValues(model := load_model(args.model, env))
     if args.plot:
         value_map.draw(args.plot, env, q_values, args.seed)
         print(f"wrote {args.plot}")
     if args.export:
         print("wrote", *serving.export(model, args.env, args.export))
     if args.view or args.eval or args.video or args.gif:
-        play_saved(args, play_env(args.env, args.view, args.video, args.gif, args.gif_steps),
-                   functools.partial(greedy_action, q_values))
+        env = play_env(args.env, args.view, args.video, args.gif, args.gif_steps)
+        play_saved(args, env, functools.partial(greedy_action, q_values))
     return 0
 
 
@@ -356,13 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.model:
         return play(args)
-
-    def train_any(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
-        if is_atari(args.env):  # a new run's env, or the one a resumed run saved: pixels learn in atari.py
-            import atari
-            return atari.train(args, run_dir, resuming)
-        return train(args, run_dir, resuming)
-    return train_and_report(args, "dqn", train_any)
+    if learns_from_pixels(args):  # an ALE id (or the one a resumed run saved): atari.py learns from pixels
+        import atari
+        return train_and_report(args, "dqn", atari.train)
+    return train_and_report(args, "dqn", train)
 
 
 if __name__ == "__main__":

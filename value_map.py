@@ -57,6 +57,7 @@ def greedy_episode(env: gym.Env, q_values: Callable, seed: int = 0) -> np.ndarra
 
 def draw(path: str, env: gym.Env, q_values: Callable, seed: int = 0) -> None:
     """The two maps side by side, the greedy episode on both, written to the PNG `path`."""
+    check_drawable(env)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,15 +1,17 @@
 """The plumbing of a DQN training behind one object, so that run.py's and atari.py's loops hold
 the algorithm and call it once per periodic task: the run's TensorBoard logger, Ctrl-C and SIGTERM,
-the progress bar, step_N.keras snapshots with the checkpoint --resume starts from (the TrainingState,
-array by array), the best evaluated weights (--keep-best) and the end of the run (last.keras,
+the progress bar, step_N.keras snapshots with the checkpoint --resume starts from (the TrainingState
+below, array by array), the best evaluated weights (--keep-best) and the end of the run (last.keras,
 final.keras, their evaluations, summary.json).
 """
 
 import argparse
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
@@ -21,6 +23,19 @@ from plumbing.atomic import remove_leftovers
 from plumbing.bookkeeping import Progress, StopSignals, Stopwatch, listed, numbered, record_evaluation
 from plumbing.keras_files import optimizer_variables, restore_optimizer, save_model
 from plumbing.settings import final_eval_seed
+from replay_buffer import ReplayBuffer
+
+
+@dataclass
+class TrainingState:
+    """Everything a DQN run has learned so far; the checkpoint saves exactly this and --resume loads it."""
+    model: keras.Model  # the online Q-network, with its optimizer
+    target: keras.Model
+    replay: ReplayBuffer | FrameReplayBuffer
+    rng: np.random.Generator  # exploration and replay sampling
+    progress: Progress
+    validation_obs: np.ndarray | None = None  # fixed states for the average-max-Q curve, drawn when learning starts
+    best_weights: list | None = None  # the weights of the best periodic evaluation so far (--keep-best)
 
 
 class Run:

@@ -14,24 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from plumbing.settings import fail
+from plumbing.settings import check_export_dir, fail
 from plumbing.system import flush_folder
 
 # file or folder in the export -> Keras' name of its format
 FORMATS = {"saved_model": "tf_saved_model", "model.onnx": "onnx", "model.tflite": "litert"}
 KERAS_H5 = "model.h5"  # the network as trained, action-mask input included: what run.py --model loads
-
-
-def check_export_dir(directory: str) -> None:
-    """Before anything is loaded: the export goes to a new (or empty) folder in a writable one."""
-    path = Path(directory)
-    if path.exists() and not path.is_dir():
-        fail(f"--export {directory}: that is a file; give a folder to write the exported model to")
-    if path.is_dir() and any(path.iterdir()):
-        fail(f"--export {directory}: the folder is not empty; remove it or give a new one")
-    parent = path.resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        fail(f"--export {directory}: cannot write in {parent}; give a folder in a writable place")
 
 
 def q_network(model):

@@ -9,6 +9,7 @@ adds its own group.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -324,6 +325,21 @@ def check_paths(a: argparse.Namespace) -> None:
         fail(f"no model file at {a.model}; pass a snapshot such as runs/<name>/{final}")
     if a.resume and not Path(a.resume).is_dir():
         fail(f"--resume {a.resume}: no such folder; pass the folder of a stopped run, such as runs/<name>")
+    if getattr(a, "export", None):
+        check_export_dir(a.export)
+
+
+def check_export_dir(directory: str) -> None:
+    """--export: the export goes to a new (or empty) folder in a writable one."""
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        fail(f"--export {directory}: that is a file; give a folder to write the exported model to")
+    if path.is_dir() and any(path.iterdir()):
+        fail(f"--export {directory}: the folder is not empty; remove it or give a new one")
+    parent = path.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        fail(f"--export {directory}: cannot write in {parent}; give a folder in a writable place")
+
 
 
 def check_gif_steps(a: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ def test_a_bad_model_is_one_line_exit_2_with_tensorflow_loaded(tmp_path, onednn)
 
 @pytest.mark.parametrize("args, message", [(["--episodes", "0"], "--episodes must be at least 1"),
                                            (["--episodes", "x"], "invalid int value"),
-                                           (["--env", "Pendulum-v1", "--video", "v"], "every agent here picks one of a few Discrete actions"),
+                                           (["--env", "Pendulum-v1", "--video", "v"], "Discrete actions: try"),
                                            (["--gif-steps", "9"], "add --gif FILE")])
 def test_see_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert message in one_line_exit_2(script("see.py", *args, cwd=tmp_path), "see.py")
@@ -105,7 +105,7 @@ def one_line_error(capsys, *args) -> str:
     (["--model", "BAD/notes.txt", "--eval"], "is not a loadable Keras model"),
     (["--model", "BAD/truncated.keras", "--eval"], "is not a loadable Keras model"),
     (["--env", "NoSuchEnv-v0"], "unknown env 'NoSuchEnv-v0'"),
-    (["--env", "Pendulum-v1"], "every agent here picks one of a few Discrete actions"),
+    (["--env", "Pendulum-v1"], "Discrete actions: try CartPole-v1"),
 ])
 def test_bad_model_env_or_run_dir_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, bad_files, args,
                                                                   message):

@@ -215,7 +215,7 @@ def test_a_run_from_before_the_normalisation_flags_resumes_as_it_started(tmp_pat
     (["--n-steps", "0"], "--n-steps must be at least 1"),
     (["--entropy-coef", "-0.1"], "--entropy-coef must be 0 or more"),
     (["--env", "ALE/Pong-v5"], "learn from pixels with run.py"),
-    (["--env", "MountainCarContinuous-v0"], "every agent here picks one of a few Discrete actions"),
+    (["--env", "MountainCarContinuous-v0"], "Discrete actions: try CartPole-v1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     assert main_code(a2c.main, *args, "--logdir", tmp_path / "runs") == 2

@@ -212,12 +212,18 @@ def test_see_refuses_what_it_cannot_play(trained_run, tmp_path):
         assert message in one_line_exit_2(r, "see.py")
 
 
-def test_plot_and_export_refuse_what_they_cannot_do(trained_run, tmp_path, capsys):
+def test_plot_and_export_refuse_what_they_cannot_do(trained_run, tmp_path, tmp_path_factory, capsys):
+    from plumbing.keras_files import save_model
+    from run import create_model
+
     (tmp_path / "a_file").write_text("keep me")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
+    cartpole = tmp_path_factory.mktemp("cartpole") / "model.keras"
+    save_model(create_model(4, 2, 8, 1e-3, 1.0), cartpole)  # CartPole's 4 numbers: no plane to draw on
     model = trained_run / "final.keras"
-    for args, message in [(["--plot", tmp_path / "cp.png", "--env", "CartPole-v1"], "two bounded numbers"),
+    for args, message in [(["--plot", tmp_path / "cp.png", "--env", "CartPole-v1", "--model", cartpole],
+                           "two bounded numbers"),
                           (["--plot", tmp_path], "cannot write it"),
                           (["--export", tmp_path / "a_file"], "that is a file"),
                           (["--export", tmp_path / "full"], "the folder is not empty"),
