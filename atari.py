@@ -8,7 +8,6 @@ preset in hyperparameters.py.
 
 import argparse
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -145,7 +144,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, games: AtariGa
     update, q_values = make_update(model, state.target, args.double, args.tau), q_function(model)
     n_actions = int(games.single_action_space.n)
     replay.start_all(obs)
-    stats, last_return = defaultdict(list), np.nan  # losses and TD errors since the last log line
+    stats, last_return = {"loss": [], "td_error": [], "is_weight": []}, np.nan  # since the last log line
     while p.step < args.steps and not run.stopping:
         before, step = p.step, p.step + games.num_envs
         # act in every game, step them, store the transitions (learning from the sign of each reward)

@@ -92,7 +92,8 @@ def log_training(log: TensorBoardLogger, state, stats: dict[str, list], scalars:
     under the progress bar."""
     p = state.progress
     means = {f"train/{name}": float(np.mean(values)) for name, values in stats.items() if values}
-    stats.clear()
+    for values in stats.values():
+        values.clear()
     rss = psutil.Process().memory_info().rss / 2**20
     scalars = {**means, **scalars, "train/target_distance": weight_distance(state.model, state.target),
                "perf/steps_per_second": log.steps_per_second(p.step), "perf/rss_mb": rss}

@@ -13,7 +13,7 @@ The two scripts differ only in the experience: REINFORCE plays whole episodes an
 returns-to-go, A2C steps several envs a few steps and bootstraps R from V (less variance, some bias).
 
 Both standardize observations and scale rewards with running statistics, and use tanh units:
-without these, A2C did not learn Acrobot at all (docs/results.md).
+A2C needed them to learn Acrobot (docs/results.md has the runs).
 
 This file: the returns, the normalisations, the network, the loss and its compiled update, then
 the run around them (its state and checkpoint, the training loop, evaluation, the end, playing a
@@ -92,7 +92,7 @@ class RunningMeanStd:
         """Merge a batch's moments into these (Chan et al.'s formula for two sets' combined variance)."""
         batch = np.asarray(batch, np.float32)
         n = np.float32(len(batch))
-        batch_mean = batch.sum(axis=0) / n  # sums, not np.mean and np.var: called every step, they cost 1/3 less
+        batch_mean = batch.sum(axis=0) / n  # sums, not np.mean and np.var: cheaper, and this runs every step
         batch_var = np.square(batch - batch_mean).sum(axis=0) / n
         delta, total = batch_mean - self.mean, self.count + n
         self.mean = self.mean + delta * (n / total)

@@ -5,10 +5,7 @@ from pixels on this file's pieces. python run.py [--env ID]; python run.py --mod
 """
 
 import argparse
-import functools
-import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from plumbing.bookkeeping import Progress, train_and_report
@@ -113,16 +110,15 @@ class QValues:
         (value, advantage), reduce = heads, np.mean if self.dueling == "avg" else np.max
         return value + advantage - reduce(advantage, axis=1, keepdims=True)
 
-
-def greedy_action(q_values: QValues, obs: np.ndarray) -> int:
-    return int(np.argmax(q_values(obs[None])[0]))  # argmax_a Q(s, a)
+    def greedy(self, obs: np.ndarray) -> int:
+        return int(np.argmax(self(obs[None])[0]))  # argmax_a Q(s, a) of one observation
 
 
 def epsilon_greedy(q_values: QValues, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> int:
     """A random action with probability epsilon, else the greedy one."""
     if rng.random() < epsilon:
         return int(rng.integers(q_values.n_actions))
-    return greedy_action(q_values, obs)
+    return q_values.greedy(obs)
 
 
 # ------------------------------------------------------------------------------- learning
@@ -206,8 +202,7 @@ def learn(args: argparse.Namespace, state: TrainingState, update, stats: dict) -
         batch = replay.sample(rng, shape)
     started, first_call = time.perf_counter(), update.experimental_get_tracing_count() == 0
     loss, td_error, new_weights = update(batch._replace(index=None))
-    if first_call:  # it traced (and for a dense net XLA-compiled) the update: reported apart from training speed
-        state.progress.compile_seconds += time.perf_counter() - started
+    state.progress.compile_seconds += first_call * (time.perf_counter() - started)  # tracing: apart from speed
     if not np.isfinite(loss := float(loss)):
         return None
     td_error = td_error.numpy()
@@ -228,13 +223,14 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     replay = (PrioritizedReplayBuffer(args.buffer_size, shape, args.n_step, args.gamma, args.per_alpha, args.per_eps)
               if args.prioritized else ReplayBuffer(args.buffer_size, shape, args.n_step, args.gamma))
     state = new_state(args, shape, n_actions, replay)
-    with Run(args, run_dir, state, resuming, functools.partial(epsilon_at, args=args)) as run:
+    with Run(args, run_dir, state, resuming, lambda step: epsilon_at(step, args)) as run:
         obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
         eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
         status = training_loop(args, state, env, obs, eval_env, run)
-    env.close()  # then last.keras, final.keras (the best evaluated weights), their evaluations, summary.json:
-    return run.finish(status, eval_env, lambda seed: evaluate_episodes(  # the model's weights when it is called
-        eval_env, functools.partial(greedy_action, QValues(state.model)), args.final_eval_episodes, seed))
+    env.close()  # then last.keras, final.keras (the best evaluated weights), their greedy returns, summary.json:
+    episodes = args.final_eval_episodes
+    return run.finish(status, eval_env, lambda seed: evaluate_episodes(eval_env, QValues(state.model).greedy,
+                                                                       episodes, seed))
 
 
 def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, obs: np.ndarray, eval_env: gym.Env,
@@ -242,8 +238,8 @@ def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, 
     """Act, store, learn, copy to the target; log, evaluate, snapshot; until the last step or Ctrl-C."""
     p, replay, rng, q_values = state.progress, state.replay, state.rng, QValues(state.model)
     update = make_update(state.model, state.target, args.double, args.tau)
-    copy_to_target = tf.function(functools.partial(update_target, state.target, state.model))  # one call in all
-    stats, last_return = defaultdict(list), np.nan  # losses and TD errors since the last log line
+    copy_to_target = tf.function(lambda: update_target(state.target, state.model))  # one compiled call in all
+    stats, last_return = {"loss": [], "td_error": [], "is_weight": []}, np.nan  # since the last log line
     while p.step < args.steps and not run.stopping:
         step = p.step + 1
         # act, step the env, store the transition
@@ -283,7 +279,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, 
 def evaluate_periodically(args: argparse.Namespace, state: TrainingState, q_values: QValues, eval_env: gym.Env,
                           run: Run) -> None:
     """Log the greedy policy's mean return, and max_a Q(s, a) averaged over fixed states (a smooth signal)."""
-    mean = float(evaluate_episodes(eval_env, functools.partial(greedy_action, q_values), args.eval_episodes).mean())
+    mean = float(evaluate_episodes(eval_env, q_values.greedy, args.eval_episodes).mean())
     run.log.scalar("eval/mean_return", mean, state.progress.step)
     if state.validation_obs is not None:
         run.log.scalar("eval/avg_max_q", float(q_values(state.validation_obs).max(axis=1).mean()), state.progress.step)
@@ -297,12 +293,11 @@ def play(args: argparse.Namespace) -> int:
     q_values = QValues(model := load_model(args.model, env))
     if args.plot:
         value_map.draw(args.plot, env, q_values, args.seed)
-        print(f"wrote {args.plot}")
     if args.export:
         print("wrote", *serving.export(model, args.env, args.export))
     if args.view or args.eval or args.video or args.gif:
         env = play_env(args.env, args.view, args.video, args.gif, args.gif_steps)
-        play_saved(args, env, functools.partial(greedy_action, q_values))
+        play_saved(args, env, q_values.greedy)
     return 0
 
 
@@ -317,4 +312,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -56,7 +56,7 @@ def greedy_episode(env: gym.Env, q_values: Callable, seed: int = 0) -> np.ndarra
 
 
 def draw(path: str, env: gym.Env, q_values: Callable, seed: int = 0) -> None:
-    """The two maps side by side, the greedy episode on both, written to the PNG `path`."""
+    """The two maps side by side, the greedy episode on both, written to the PNG `path` (and said so)."""
     check_drawable(env)
     import matplotlib
 
@@ -94,3 +94,4 @@ def draw(path: str, env: gym.Env, q_values: Callable, seed: int = 0) -> None:
         fail(f"--plot {path}: cannot write it ({e.strerror or e}); give a PNG file in a writable folder")
     finally:
         plt.close(fig)
+    print(f"wrote {path}")

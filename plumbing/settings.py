@@ -47,7 +47,7 @@ TABULAR_PRESETS = {"MountainCar-v0": {}, "Acrobot-v1": dict(bins=10)}
 REINFORCE_PRESETS = {"CartPole-v1": {}}
 A2C_PRESETS = {
     "CartPole-v1": {},
-    "Acrobot-v1": dict(steps=500_000),  # the RL Zoo's budget, to compare with it; it first solves by ~30,000
+    "Acrobot-v1": dict(steps=500_000),  # the RL Zoo's budget, to compare with it
     # Episodes last up to 1,000 steps: evaluate less often.
     "LunarLander-v3": dict(steps=1_000_000, eval_every=25_000, snapshot_every=50_000, log_every=10_000),
 }
@@ -153,7 +153,7 @@ def add_tabular_flags(tab) -> None:
 
 def add_policy_gradient_flags(pg, algo: str) -> None:
     pg.add_argument("--units", type=int, default=64, help="width of each of the two hidden layers")
-    # Both learn Acrobot with tanh units and both normalisations; A2C learned it with no fewer (docs/results.md)
+    # tanh units and both normalisations: what both needed to learn Acrobot (docs/results.md has the runs)
     pg.add_argument("--activation", choices=["relu", "tanh"], default="tanh", help="the hidden layers' nonlinearity")
     pg.add_argument("--normalize-observations", action=argparse.BooleanOptionalAction, default=True,
                     help="standardize observations with the running mean and std of training's (clipped to "
@@ -270,7 +270,7 @@ def learns_from_pixels(args: argparse.Namespace) -> bool:
     if args.resume:
         try:
             env = json.loads((Path(args.resume) / "args.json").read_text())["env"]
-        except (OSError, ValueError, KeyError, TypeError):  # run.py explains what is wrong with the folder
+        except (OSError, ValueError, KeyError, TypeError):  # bookkeeping.prepare_run says what is wrong with it
             return False
     return is_atari(env)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from plumbing.settings import learns_from_pixels
 
 # oneDNN off unless the user says otherwise (TF_ENABLE_ONEDNN_OPTS=1): the same numbers for a
-# seed on every x86-64 CPU; on this project's dense networks it was barely faster (docs/results.md).
+# seed on every x86-64 CPU; docs/results.md compares the speeds on this project's dense networks.
 ONEDNN_DEFAULT = "0"
 
 # The lines TensorFlow writes at import whatever the log level; anything else it writes (an

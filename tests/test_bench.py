@@ -122,7 +122,8 @@ def test_small_grid_on_local_ray_reports_a_failed_trial_and_resumes(tmp_path):
     assert [(row["config"], row["seed"], row["status"]) for row in rows] == [
         ("lr=1e-3", "0", "finished"), ("lr=1e38", "0", "diverged")]
     assert "non-finite" in rows[1]["error"] and not rows[0]["error"]  # run.py's own last line
-    assert float(rows[0]["final_eval_mean"]) > 0
+    trained = json.loads((root / "runs" / "lr=1e-3_seed0" / "summary.json").read_text())
+    assert float(rows[0]["final_eval_mean"]) == pytest.approx(trained["final_eval_mean"])  # the trial's own result
     table = (root / "table.md").read_text()
     assert "| lr=1e-3 | 1 |" in table and "| lr=1e38 | 1 (1 failed) |" in table and "IQM" in table
     wall = float(rows[0]["wall_seconds"])  # the finished trial's median wall per run is its own wall

@@ -16,7 +16,7 @@ from plumbing import dqn_run
 from plumbing.envs import make_env
 from plumbing.keras_files import load_model, save_model
 from replay_buffer import Batch, ReplayBuffer
-from run import Dueling, QValues, create_model, epsilon_greedy, greedy_action
+from run import Dueling, QValues, create_model, epsilon_greedy
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -65,7 +65,7 @@ def test_numpy_forward_matches_keras(model):
     q_values = QValues(model)
     assert q_values.in_numpy  # the numpy forward pass, not the compiled fallback
     assert_close_across_paths(q_values(obs), keras_q)
-    assert_same_greedy_actions([greedy_action(q_values, o) for o in obs], keras_q)  # one at a time
+    assert_same_greedy_actions([q_values.greedy(o) for o in obs], keras_q)  # one at a time
 
 
 def test_bellman_target_bootstraps_through_truncation_not_termination():
@@ -81,10 +81,16 @@ def test_bellman_target_bootstraps_through_truncation_not_termination():
     np.testing.assert_allclose(y.numpy(), [-1 + 0.9 * 3, -1.0, 0.5 + 0.81 * 3], rtol=1e-6)
 
 
-def test_training_env_stores_truncation_as_not_terminated(trained_run):
-    # 3000 steps of MountainCar: 15 episodes truncated at 200 steps, none reached the flag
+def test_a_time_limit_bootstraps_from_the_episodes_own_last_observation(trained_run):
+    """3000 MountainCar steps: 15 episodes cut at 200 steps by the time limit, learned with 3-step returns.
+    Each episode's last two steps are flushed as 2- and 1-step transitions that are not terminated (they
+    still bootstrap), from the episode's last observation, not the next episode's first."""
     saved = np.load(trained_run / "checkpoint.npz")
-    assert len(saved["replay/action"]) == 3000 and saved["replay/terminated"].sum() == 0
+    obs, next_obs, discount = saved["replay/obs"], saved["replay/next_obs"], saved["replay/discount"]
+    last = np.flatnonzero(np.isclose(discount, 0.99))  # 1-step transitions: each episode's final step
+    assert len(last) == 15 and np.allclose(discount[last - 1], 0.99**2) and saved["replay/terminated"].sum() == 0
+    np.testing.assert_array_equal(next_obs[last - 1], next_obs[last])  # both bootstrap from the same state
+    assert not (next_obs[last[:-1]] == obs[last[:-1] + 1]).all(axis=1).any()  # not the next episode's start
 
 
 def test_update_moves_only_the_taken_action_toward_its_target():
@@ -128,7 +134,7 @@ def test_epsilon_schedule():
 
 def test_epsilon_greedy_action(model):
     q_values, obs, rng = QValues(model), np.array([0.1, 0.2], np.float32), np.random.default_rng(0)
-    greedy = greedy_action(q_values, obs)
+    greedy = q_values.greedy(obs)
     assert all(epsilon_greedy(q_values, obs, 0.0, rng) == greedy for _ in range(100))
     counts = np.bincount([epsilon_greedy(q_values, obs, 1.0, rng) for _ in range(3000)], minlength=3)
     assert counts.min() > 900  # uniform over the 3 actions
@@ -315,7 +321,7 @@ def test_q_values_of_other_networks_come_from_one_compiled_function():
     expected = old([obs, np.ones((20, 3), np.float32)]).numpy()
     assert not q_values.in_numpy
     assert_close_across_paths(q_values(obs), expected)
-    assert_same_greedy_actions([greedy_action(q_values, o) for o in obs], expected)
+    assert_same_greedy_actions([q_values.greedy(o) for o in obs], expected)
 
 
 @pytest.mark.parametrize("loss", ["mse", "huber"])
@@ -352,7 +358,7 @@ def test_the_conv_network_is_natures_with_the_action_mask_and_plays_through_the_
     q_values = QValues(model)
     assert not q_values.in_numpy  # no numpy path for convolutions: one compiled call
     assert_close_across_paths(q_values(frames), q)  # compiled, against Keras' eager call
-    assert_same_greedy_actions([greedy_action(q_values, f) for f in frames], q)  # one at a time
+    assert_same_greedy_actions([q_values.greedy(f) for f in frames], q)  # one at a time
     model.save(tmp_path / "conv.keras")
     loaded = keras.models.load_model(tmp_path / "conv.keras", compile=False)
     assert_close_across_paths(QValues(loaded)(frames), q)

@@ -111,9 +111,16 @@ def test_wraparound_never_serves_an_overwritten_frame():
 
 
 def test_each_frame_is_stored_once():
-    buffer = FrameReplayBuffer(100_000, num_envs=8)
-    assert buffer.frame.shape == (100_000, 84, 84) and buffer.frame.dtype == np.uint8
-    assert buffer.nbytes < 100_000 * (84 * 84 + 16)  # vs 2 * 4 * 84 * 84 per transition stored whole
+    """A stack shares 3 of its 4 frames with the stack before it, and a transition's next observation 3
+    with its observation: each frame the envs showed is in exactly one slot, beside its episode's padding."""
+    buffer = FrameReplayBuffer(2 * 60, num_envs=2, frame_shape=(2,), n_step=3)
+    episodes = [[(13, "terminated"), (20, "truncated")], [(9, "terminated"), (6, "terminated"), (8, "truncated")]]
+    play(buffer, episodes, 3, 0.99)
+    shown = 5 + sum(length for env in episodes for length, _ in env)  # each episode's first frame, one per step
+    ids = [uid(f) for f, kind in zip(buffer.frame, buffer.kind, strict=True) if kind != 0]  # 0: a padding slot
+    assert sorted(ids) == list(range(1, shown + 1))  # every frame once: none missing, none twice
+    assert len(buffer) == shown + 5 * (STACK - 1)  # plus 3 padding slots per episode, nothing else
+    assert buffer.nbytes < buffer.frame.size * 1.1 + 2 * 60 * 11  # frames, and 11 bytes of bookkeeping per slot
 
 
 def test_an_episode_cut_short_by_a_resume_ends_there_as_if_truncated():

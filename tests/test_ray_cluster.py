@@ -4,6 +4,7 @@ a process group of its own, on loopback only, and ended by signalling exactly th
 
 import contextlib
 import csv
+import json
 import os
 import signal
 import socket
@@ -104,7 +105,10 @@ def test_bench_runs_a_grid_on_a_real_ray_cluster(ray_cluster, token_env, tmp_pat
     assert f"Ray, {address}" in bench.stderr
     rows = list(csv.DictReader(open(tmp_path / "bench" / "cluster" / "results.csv")))
     assert [(row["seed"], row["status"]) for row in rows] == [("0", "finished"), ("1", "finished")]
-    assert all(float(row["final_eval_mean"]) > 0 for row in rows)
+    for row in rows:  # each row reports its own trial's result, written by run.py on the cluster
+        trained = json.loads((tmp_path / "bench" / "cluster" / "runs" / f"lr=1e-3_seed{row['seed']}" /
+                              "summary.json").read_text())
+        assert float(row["final_eval_mean"]) == pytest.approx(trained["final_eval_mean"])
     # The trials ran on that cluster: bench.py connected to it as a driver, and its workers ran them.
     logs = temp_dir / "session_latest" / "logs"
     assert len(list(logs.glob("python-core-driver-*.log"))) == 1
