@@ -62,17 +62,22 @@ def add_dqn_flags(dqn) -> None:
     dqn.add_argument("--clip-rewards", action=argparse.BooleanOptionalAction, default=False,
                      help="learn from the sign of each reward (-1, 0, +1), as DQN does on Atari so that one "
                           "learning rate suits every game; returns are logged and evaluated unclipped")
-    dqn.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
-    dqn.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
-    dqn.add_argument("--epsilon-steps", type=int, default=20_000,
-                     help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
-    dqn.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
-                     help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
-    dqn.add_argument("--epsilon-decay", type=float, default=0.9998,
-                     help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
+    add_exploration_flags(dqn)
 
 
-# Tuned settings per env, on top of the defaults below (which are MountainCar-v0's); a flag
+def add_exploration_flags(group) -> None:
+    """epsilon-greedy: random actions at a rate that falls from start to end."""
+    group.add_argument("--epsilon-start", type=float, default=1.0, help="initial exploration rate")
+    group.add_argument("--epsilon-end", type=float, default=0.02, help="final exploration rate")
+    group.add_argument("--epsilon-steps", type=int, default=20_000,
+                       help="env steps to anneal epsilon linearly from start to end (start = end: constant)")
+    group.add_argument("--epsilon-schedule", choices=["linear", "exponential"], default="linear",
+                       help="linear over --epsilon-steps, or multiplied by --epsilon-decay every env step")
+    group.add_argument("--epsilon-decay", type=float, default=0.9998,
+                       help="per-step factor of the exponential schedule (0.9998: from 1 to 0.02 in ~20k steps)")
+
+
+# Tuned settings per env, on top of the defaults above (which are MountainCar-v0's); a flag
 # given on the command line still wins. Chosen with bench.py over seeds 0-9 (docs/results.md).
 PRESETS = {
     "MountainCar-v0": {},
