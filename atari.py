@@ -126,10 +126,9 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
     replay = (PrioritizedFrameReplayBuffer(*frames, args.per_alpha, args.per_eps) if args.prioritized
               else FrameReplayBuffer(*frames))
     state = new_state(args, shape, n_actions, replay, torso=conv_torso, obs_dtype="uint8")
-    run = Run(args, run_dir, state, resuming, lambda step: epsilon_at(step, args))
-    obs, _ = games.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
-    eval_games.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation games' start states too
-    with run:
+    with Run(args, run_dir, state, resuming, lambda step: epsilon_at(step, args)) as run:
+        obs, _ = games.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
+        eval_games.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation games' start states too
         status = training_loop(args, state, games, obs, eval_games, run)
     games.close()
     q_values = q_function(state.model)
