@@ -202,7 +202,7 @@ def learn(args: argparse.Namespace, state: TrainingState, update, stats: dict) -
         batch = replay.sample(rng, shape)
     started, first_call = time.perf_counter(), update.experimental_get_tracing_count() == 0
     loss, td_error, new_weights = update(batch._replace(index=None))
-    state.progress.compile_seconds += first_call * (time.perf_counter() - started)  # tracing: apart from speed
+    state.progress.compile_seconds += first_call * (time.perf_counter() - started)  # compiling, timed apart
     if not np.isfinite(loss := float(loss)):
         return None
     td_error = td_error.numpy()
@@ -227,10 +227,10 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
         obs, _ = env.reset(seed=int(state.rng.integers(2**31)) if resuming else args.seed)
         eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
         status = training_loop(args, state, env, obs, eval_env, run)
-    env.close()  # then last.keras, final.keras (the best evaluated weights), their greedy returns, summary.json:
-    episodes = args.final_eval_episodes
+    env.close()
+    # The end: last.keras, final.keras (the best evaluated weights), their greedy returns, summary.json.
     return run.finish(status, eval_env, lambda seed: evaluate_episodes(eval_env, QValues(state.model).greedy,
-                                                                       episodes, seed))
+                                                                       args.final_eval_episodes, seed))
 
 
 def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, obs: np.ndarray, eval_env: gym.Env,
