@@ -11,17 +11,19 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from plumbing.startup import load_tensorflow, quiet_stderr, use_threads
+
+tf = load_tensorflow()  # as run.py loads it (which has, when run.py hands over): without the start-up noise
+
 import gymnasium as gym
 import keras
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
 from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from loggers import log_episode, log_training
 from plumbing.dqn_run import Run, TrainingState
 from plumbing.envs import ALE_NOISE, ATARI_MAX_FRAMES, fire_action
-from plumbing.startup import quiet_stderr, use_threads
 from run import epsilon_at, learn, make_update, new_state
 
 
