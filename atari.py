@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
-from loggers import log_episode, log_training
+from loggers import Averages, log_episode, log_training
 from plumbing.dqn_run import Run, TrainingState
 from plumbing.envs import ALE_NOISE, ATARI_MAX_FRAMES, fire_action
 from run import epsilon_at, learn, make_update, new_state
@@ -145,7 +145,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, games: AtariGa
     update, q_values = make_update(model, state.target, args.double, args.tau), q_function(model)
     n_actions = int(games.single_action_space.n)
     replay.start_all(obs)
-    stats, last_return = {"loss": [], "td_error": [], "is_weight": []}, np.nan  # since the last log line
+    stats, last_return = Averages(), np.nan  # losses and TD errors since the last log line
     while p.step < args.steps and not run.stopping:
         before, step = p.step, p.step + games.num_envs
         # act in every game, step them, store the transitions (learning from the sign of each reward)

@@ -1,5 +1,5 @@
-"""Logging: TensorBoard scalars (and one text table of settings), and the averages that go into
-each log line.
+"""Logging: TensorBoard scalars (and one text table of settings), the averages that go into each
+log line, and the steps per second between them.
 
 Open the curves with `tensorboard --logdir runs`. The event files are written with tensorboardX,
 which needs no TensorFlow, so the numpy-only tabular.py logs exactly as the networks do; tools
@@ -56,24 +56,22 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-class Averages:
-    """Values gathered between two log lines (a loss per training call, ...) and the steps per
-    second since the last line; a name with no values averages to NaN (not logged)."""
+class Averages(defaultdict):
+    """Values gathered between two log lines, by name: `averages["loss"].append(x)` (a plain list, so
+    the training adds to it without a call here) or `averages.add(loss=x)`; `take()` gives their means
+    and starts over. A name with no values averages to NaN (not logged)."""
 
-    def __init__(self, step: int):
-        self.values, self.step, self.time = defaultdict(list), step, time.perf_counter()
+    def __init__(self):
+        super().__init__(list)
 
     def add(self, **values: float) -> None:
         for name, value in values.items():
-            self.values[name].append(value)
+            self[name].append(value)
 
-    def take(self, step: int) -> tuple[defaultdict, float]:
-        """The means since the last call, and steps per second; then start over."""
-        now = time.perf_counter()
-        means = defaultdict(lambda: float("nan"), {k: float(np.mean(v)) for k, v in self.values.items()})
-        rate = (step - self.step) / (now - self.time)
-        self.values, self.step, self.time = defaultdict(list), step, now
-        return means, rate
+    def take(self) -> defaultdict:
+        means = defaultdict(lambda: float("nan"), {name: float(np.mean(v)) for name, v in self.items() if v})
+        self.clear()
+        return means
 
 
 def log_episode(log: TensorBoardLogger, episode: dict, step: int) -> float:
@@ -84,16 +82,13 @@ def log_episode(log: TensorBoardLogger, episode: dict, step: int) -> float:
     return float(episode["r"])
 
 
-def log_training(log: TensorBoardLogger, state, stats: dict[str, list], scalars: dict[str, float | None],
+def log_training(log: TensorBoardLogger, state, averages: Averages, scalars: dict[str, float | None],
                  last_return: float) -> None:
-    """DQN's training curves (docs/algorithm.md lists every tag) to TensorBoard: the mean of each of
-    `stats` since the last log line as train/NAME (then emptied), `scalars` (None: a setting that is
-    off), the distance between the online and target weights, the speed and the memory; and one line
-    under the progress bar."""
+    """DQN's training curves (docs/algorithm.md lists every tag) to TensorBoard: the averages since the
+    last log line as train/NAME, `scalars` (None: a setting that is off), the distance between the
+    online and target weights, the speed and the memory; and one line under the progress bar."""
     p = state.progress
-    means = {f"train/{name}": float(np.mean(values)) for name, values in stats.items() if values}
-    for values in stats.values():
-        values.clear()
+    means = {f"train/{name}": value for name, value in averages.take().items()}
     rss = psutil.Process().memory_info().rss / 2**20
     scalars = {**means, **scalars, "train/target_distance": weight_distance(state.model, state.target),
                "perf/steps_per_second": log.steps_per_second(p.step), "perf/rss_mb": rss}

@@ -359,7 +359,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool, collect: Coll
         load_state(run_dir, state)
         remove_leftovers(run_dir)  # temporary files of a write that a crash cut short
         print(f"resuming {run_dir} at step {state.progress.step}", flush=True)
-    log = TensorBoardLogger(run_dir, settings=None if resuming else vars(args))
+    log = TensorBoardLogger(run_dir, None if resuming else vars(args), state.progress.step)
     batches = collect(args, state, int(state.rng.integers(2**31)) if resuming else args.seed)
     eval_env.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation episodes' start states too
     status = training_loop(args, state, batches, eval_env, run_dir, log)
@@ -378,7 +378,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
     """Gather a batch, take a gradient step on it; log, evaluate and snapshot; until the last step
     or Ctrl-C. Returns the status: finished, interrupted or diverged."""
     p, update, model = state.progress, make_update(state.model, args), state.model
-    clock, averages = bookkeeping.Stopwatch(p.train_seconds), Averages(p.step)
+    clock, averages = bookkeeping.Stopwatch(p.train_seconds), Averages()
     with bookkeeping.StopSignals() as stop, tqdm(total=args.steps, initial=p.step, desc="train", unit="step",
                                              smoothing=0.05, mininterval=1, disable=None) as bar:
         try:
@@ -412,7 +412,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, batches: Itera
 
 def log_progress(log: TensorBoardLogger, p: bookkeeping.Progress, averages: Averages, bar: tqdm) -> None:
     """The scalars averaged since the last log line, to TensorBoard and as one line."""
-    means, sps = averages.take(p.step)
+    means, sps = averages.take(), log.steps_per_second(p.step)
     for name in ("loss", "policy_loss", "value_loss", "entropy"):
         log.scalar(f"train/{name}", means[name], p.step)
     log.scalar("perf/steps_per_second", sps, p.step)

@@ -20,7 +20,7 @@ import gymnasium as gym
 import keras
 import numpy as np
 
-from loggers import log_episode, log_training
+from loggers import Averages, log_episode, log_training
 from plumbing import serving
 from plumbing.dqn_run import Run, TrainingState
 from plumbing.envs import evaluate_episodes, finite, make_env, play_env, play_saved
@@ -189,7 +189,7 @@ def new_state(args: argparse.Namespace, obs_shape: tuple, n_actions: int, replay
     return TrainingState(model, target, replay, rng, Progress())  # what the checkpoint saves (plumbing/dqn_run.py)
 
 
-def learn(args: argparse.Namespace, state: TrainingState, update, stats: dict) -> list | None:
+def learn(args: argparse.Namespace, state: TrainingState, update, stats: Averages) -> list | None:
     """Sample G minibatches, take G gradient steps in one call; the new weights, or None if the loss is not finite."""
     replay, rng, step = state.replay, state.rng, state.progress.step
     if state.validation_obs is None:
@@ -239,7 +239,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, 
     p, replay, rng, q_values = state.progress, state.replay, state.rng, QValues(state.model)
     update = make_update(state.model, state.target, args.double, args.tau)
     copy_to_target = tf.function(lambda: update_target(state.target, state.model))  # one compiled call in all
-    stats, last_return = {"loss": [], "td_error": [], "is_weight": []}, np.nan  # since the last log line
+    stats, last_return = Averages(), np.nan  # losses and TD errors since the last log line
     while p.step < args.steps and not run.stopping:
         step = p.step + 1
         # act, step the env, store the transition

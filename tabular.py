@@ -144,7 +144,7 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
             {"best": saved["best"]} if "best" in saved.files else {})))
         remove_leftovers(run_dir)
         print(f"resuming {run_dir} at step {progress.step}", flush=True)
-    log = TensorBoardLogger(run_dir)
+    log = TensorBoardLogger(run_dir, step=progress.step)
     if not resuming:  # the settings travel with the curves
         log.settings(vars(args))
     obs, _ = env.reset(seed=int(rng.integers(2**31)) if resuming else args.seed)
@@ -164,7 +164,7 @@ def training_loop(args: argparse.Namespace, tables: dict, p: Progress, rng: np.r
                   obs: np.ndarray, eval_env: gym.Env, run_dir: Path, log: TensorBoardLogger) -> str:
     """Act, update the table; log, evaluate and snapshot; until the last step or Ctrl-C."""
     q, episode_return = tables["q"], 0.0
-    clock, averages = Stopwatch(p.train_seconds), Averages(p.step)
+    clock, averages = Stopwatch(p.train_seconds), Averages()
     with StopSignals() as stop, tqdm(total=args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                                  mininterval=1, disable=None) as bar:  # no bar where stderr is not a terminal
         try:
@@ -207,7 +207,7 @@ def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, epsilo
                  bar: tqdm) -> None:
     """The scalars averaged since the last log line, to TensorBoard and as one line; `visited`: the
     fraction of cells learned from so far (the others still hold --q-init)."""
-    means, sps = averages.take(p.step)
+    means, sps = averages.take(), log.steps_per_second(p.step)
     for tag, value in {"train/td_error": means["td_error"], "train/epsilon": epsilon, "perf/steps_per_second": sps,
                        "train/cells_visited": visited}.items():
         log.scalar(tag, value, p.step)

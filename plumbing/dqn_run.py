@@ -58,6 +58,7 @@ class Run:
         self.clock, self.signals = Stopwatch(p.train_seconds), StopSignals().__enter__()
         self.bar = tqdm(total=self.args.steps, initial=p.step, desc="train", unit="step", smoothing=0.05,
                         mininterval=1, disable=None)  # no bar where stderr is not a terminal
+        self.shown = p.step  # the bar's own count stays put when it is disabled
         return self
 
     def __exit__(self, *_) -> None:
@@ -71,8 +72,9 @@ class Run:
 
     def tick(self, step: int) -> None:
         """The progress bar, moved on in hundreds of steps."""
-        if step - self.bar.n >= 100:
-            self.bar.update(step - self.bar.n)
+        if step - self.shown >= 100:
+            self.bar.update(step - self.shown)
+            self.shown = step
 
     def evaluated(self, mean: float, threshold: float | None) -> None:
         """Note a periodic evaluation (and when it first solves the env); keep the best weights (--keep-best)."""
