@@ -24,17 +24,19 @@ from frame_replay import FrameReplayBuffer, PrioritizedFrameReplayBuffer
 from loggers import Averages, log_episode, log_training
 from plumbing.dqn_run import Run, TrainingState
 from plumbing.envs import ALE_NOISE, ATARI_MAX_FRAMES, fire_action
+from plumbing.keras_files import in_float32
 from run import epsilon_at, learn, make_update, new_state
 
 
-def conv_torso(frames):
+def conv_torso(frames, dtype: str = "float32"):
     """The Nature DQN torso (Mnih et al. 2015) for stacks of 84x84 uint8 frames, oldest first.
     The frames stay uint8 in the replay (4x smaller than float32) and are scaled to [0, 1] here."""
     h = keras.layers.Permute((2, 3, 1), name="channels_last")(frames)  # (stack, 84, 84) -> (84, 84, stack)
-    h = keras.layers.Rescaling(1 / 255, name="scale")(h)
+    h = keras.layers.Rescaling(1 / 255, name="scale", dtype=dtype)(h)
     for i, (filters, size, stride) in enumerate([(32, 8, 4), (64, 4, 2), (64, 3, 1)]):
-        h = keras.layers.Conv2D(filters, size, stride, activation="relu", name=f"conv_{i}")(h)
-    return keras.layers.Dense(512, activation="relu", name="features")(keras.layers.Flatten(name="flatten")(h))
+        h = keras.layers.Conv2D(filters, size, stride, activation="relu", name=f"conv_{i}", dtype=dtype)(h)
+    h = keras.layers.Flatten(name="flatten")(h)
+    return keras.layers.Dense(512, activation="relu", name="features", dtype=dtype)(h)
 
 
 class AtariGames:
@@ -133,8 +135,8 @@ def train(args: argparse.Namespace, run_dir: Path, resuming: bool) -> dict:
         eval_games.reset(seed=int(state.rng.integers(2**31)))  # seeds the evaluation games' start states too
         status = training_loop(args, state, games, obs, eval_games, run)
     games.close()
-    q_values = q_function(state.model)
-    return run.finish(status, eval_games, lambda seed: evaluate(eval_games, q_values, args.final_eval_episodes, seed))
+    return run.finish(status, eval_games, lambda seed: evaluate(eval_games, q_function(in_float32(state.model)),
+                                                                args.final_eval_episodes, seed))  # current weights
 
 
 def training_loop(args: argparse.Namespace, state: TrainingState, games: AtariGames, obs: np.ndarray,
@@ -142,7 +144,10 @@ def training_loop(args: argparse.Namespace, state: TrainingState, games: AtariGa
     """Act in every game, store, learn, copy to the target; log, evaluate, snapshot; until the last step
     or Ctrl-C. Each pass steps N games, so each periodic task runs as often as the step passed its period."""
     p, replay, rng, model = state.progress, state.replay, state.rng, state.model
-    update, q_values = make_update(model, state.target, args.double, args.tau), q_function(model)
+    # With --precision bfloat16, acting and evaluation use a float32 copy: a forward pass of 8 frame stacks is
+    # no faster in bfloat16 (docs/atari.md), and float32 plays as the saved files do.
+    acting = in_float32(model)
+    update, q_values = make_update(model, state.target, args.double, args.tau), q_function(acting)
     n_actions = int(games.single_action_space.n)
     replay.start_all(obs)
     stats, last_return = Averages(), np.nan  # losses and TD errors since the last log line
@@ -161,9 +166,11 @@ def training_loop(args: argparse.Namespace, state: TrainingState, games: AtariGa
 
         # sample minibatches, compute Bellman targets, take gradient steps; copy to the target
         for _ in range(crossed(before, step, args.train_freq) if step >= args.learning_starts else 0):
-            if learn(args, state, update, stats) is None:
+            if (new_weights := learn(args, state, update, stats)) is None:
                 p.step = before
                 return "diverged"
+            if acting is not model:
+                acting.set_weights(new_weights)
         for _ in range(crossed(before, step, args.target_update) if args.tau is None else 0):
             state.target.set_weights(model.get_weights())
 

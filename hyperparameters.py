@@ -17,6 +17,11 @@ def add_network_flags(net) -> None:
     net.add_argument("--clip-norm", type=float, default=10.0, help="clip the global gradient norm to this")
     net.add_argument("--loss", choices=["mse", "huber"], default="mse",
                      help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
+    net.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                     help="what the network's hidden layers compute in; its weights, Q-values, loss and optimizer "
+                          "stay float32. auto: bfloat16 for Atari's conv net where the CPU computes it natively "
+                          "(AMX or AVX512_BF16, oneDNN on), where it makes the update faster; else float32 (a "
+                          "dense net gains nothing). --resume keeps the run's own unless told")
 
 
 def add_dqn_flags(dqn) -> None:

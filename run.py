@@ -47,19 +47,23 @@ class Dueling(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def dense_torso(obs, units: int):
+def dense_torso(obs, units: int, dtype: str = "float32"):
     """Two hidden ReLU layers, for observations that are a few numbers (classic control, Box2D)."""
-    h = keras.layers.Dense(units, activation="relu", name="hidden_0")(obs)
-    return keras.layers.Dense(units, activation="relu", name="hidden_1")(h)
+    h = keras.layers.Dense(units, activation="relu", name="hidden_0", dtype=dtype)(obs)
+    return keras.layers.Dense(units, activation="relu", name="hidden_1", dtype=dtype)(h)
 
 
 def create_model(obs_shape: int | tuple[int, ...], n_actions: int, units: int, lr, clip_norm: float,
-                 loss: str = "mse", dueling: str = "none", torso=None, obs_dtype: str = "float32") -> keras.Model:
+                 loss: str = "mse", dueling: str = "none", torso=None, obs_dtype: str = "float32",
+                 precision: str = "float32") -> keras.Model:
     """Q(s, .) for all actions, times an action mask: all ones gives every action's Q-value (for acting and the
     target), one-hot only the taken action's (for the loss). `torso`: atari.py's conv one for frames."""
     obs = keras.Input((obs_shape,) if isinstance(obs_shape, int) else tuple(obs_shape), dtype=obs_dtype, name="obs")
     mask = keras.Input((n_actions,), name="action_mask")
-    h = dense_torso(obs, units) if torso is None else torso(obs)
+    # --precision bfloat16: the torso multiplies in bfloat16 (its weights stay float32, Keras casts them); the head
+    # below computes in float32, so the Q-values in the targets and the loss keep float32's precision.
+    dtype = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    h = dense_torso(obs, units, dtype) if torso is None else torso(obs, dtype)
     if dueling == "none":
         q = keras.layers.Dense(n_actions, name="q")(h)
     else:
@@ -184,7 +188,7 @@ def new_state(args: argparse.Namespace, obs_shape: tuple, n_actions: int, replay
     updates = (args.steps - args.learning_starts) // args.train_freq * args.gradient_steps  # lr decays per update
     lr = keras.optimizers.schedules.PolynomialDecay(args.lr, max(updates, 1), args.lr_end)
     model, target = (create_model(obs_shape, n_actions, args.units, lr, args.clip_norm, args.loss, args.dueling,
-                                  **network) for _ in range(2))
+                                  precision=args.precision, **network) for _ in range(2))
     target.set_weights(model.get_weights())
     return TrainingState(model, target, replay, rng, Progress())  # what the checkpoint saves (plumbing/dqn_run.py)
 

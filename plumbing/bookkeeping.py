@@ -31,7 +31,11 @@ CHECKPOINT = "checkpoint.npz"
 def prepare_run(args: argparse.Namespace, algo: str) -> tuple[argparse.Namespace, Path, bool]:
     """New run: create LOGDIR/NAME and record the settings. --resume: reload them."""
     if args.resume:
-        return resumable_run(Path(args.resume), algo), Path(args.resume), True
+        saved, run_dir = resumable_run(Path(args.resume), algo), Path(args.resume)
+        if getattr(args, "precision", "auto") not in ("auto", getattr(saved, "precision", None)):
+            saved.precision = args.precision  # DQN's --precision, told: from now on, and at the next --resume
+            write_text_atomically(run_dir / "args.json", json.dumps(vars(saved), indent=1))
+        return saved, run_dir, True
     make_env(args.env).close()  # fail on a bad env before anything is written
     run_dir = Path(args.logdir) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
     if run_dir.exists():

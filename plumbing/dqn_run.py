@@ -48,7 +48,8 @@ class Run:
                  epsilon_at: Callable[[int], float]):
         self.args, self.run_dir, self.state = args, run_dir, state
         unit = "frames" if isinstance(state.replay, FrameReplayBuffer) else "transitions"
-        print(f"replay: {args.buffer_size:,} {unit}, {state.replay.nbytes / 2**20:,.0f} MiB", flush=True)
+        print(f"network: {args.precision}; replay: {args.buffer_size:,} {unit}, {state.replay.nbytes / 2**20:,.0f} MiB",
+              flush=True)
         if resuming:
             resume(run_dir, state, epsilon_at)
         self.log = TensorBoardLogger(run_dir, None if resuming else vars(args), state.progress.step)

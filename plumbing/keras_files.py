@@ -1,5 +1,5 @@
-"""Keras files: writing a .keras snapshot crash-safely, reading one back with a one-line error when
-it does not fit the env, and the optimizer's state that a checkpoint carries.
+"""Keras files: writing a .keras snapshot crash-safely, reading one back (in float32) with a one-line
+error when it does not fit the env, and the optimizer's state that a checkpoint carries.
 """
 
 import functools
@@ -14,8 +14,8 @@ from plumbing.settings import fail
 
 
 def load_model(path: str, env: gym.Env, actor_critic: bool = False) -> keras.Model:
-    """Load a .keras or .h5 snapshot and check it fits `env` (a Q-network, or with `actor_critic`
-    a policy-gradient network), or fail with one line."""
+    """Load a .keras or .h5 snapshot, computing in float32 as a training's evaluations do, and check it
+    fits `env` (a Q-network, or with `actor_critic` a policy-gradient network), or fail with one line."""
     try:
         model = keras.models.load_model(path, compile=False)  # playing needs no optimizer
     except Exception as e:  # noqa: BLE001 - any reason a file is not a model gets the same answer
@@ -28,7 +28,18 @@ def load_model(path: str, env: gym.Env, actor_critic: bool = False) -> keras.Mod
         fail(f"{path} has inputs {shapes[0]} and outputs {shapes[1]}, but this script's network for {env.spec.id} "
              f"has inputs {expected[0]} and outputs {expected[1]}; pass the --env it was trained on, or a "
              "snapshot this script wrote")
-    return model
+    return in_float32(model)
+
+
+def in_float32(model: keras.Model) -> keras.Model:
+    """The model computing in float32 throughout: a --precision bfloat16 network rebuilt layer by layer with
+    float32 compute, sharing nothing with it (its weights are float32 already, and are copied)."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    copy = keras.models.clone_model(model, clone_function=lambda layer: layer.__class__.from_config(
+        {**layer.get_config(), "dtype": "float32"}))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def save_model(model: keras.Model, path: Path) -> None:

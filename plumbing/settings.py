@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hyperparameters import ATARI, PLAIN, PRESETS, add_dqn_flags, add_network_flags
+from plumbing.system import native_bfloat16
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,7 +55,7 @@ A2C_PRESETS = {
 
 # What runs did before these flags existed, where it is not the flag's default: --resume of such
 # a run goes on as it started.
-BEFORE_THE_FLAG = dict(activation="relu", normalize_observations=False, scale_rewards=False)
+BEFORE_THE_FLAG = dict(activation="relu", normalize_observations=False, scale_rewards=False, precision="float32")
 
 
 class Algorithm(NamedTuple):
@@ -259,6 +260,8 @@ def parse_args(argv: list[str] | None = None, algo: str = "dqn") -> argparse.Nam
     p.set_defaults(**{**preset(env, algo), **(PLAIN if found.plain and algo == "dqn" else {}), **trained})
     args = p.parse_args(argv)
     check_args(args)
+    if algo == "dqn" and not args.resume and args.precision == "auto":  # args.json records the choice
+        args.precision = "bfloat16" if is_atari(args.env) and native_bfloat16(os.environ) else "float32"
     if args.model and args.eval and args.episodes is None:  # as many as a training's final evaluation plays
         args.episodes = args.final_eval_episodes or None
     return args

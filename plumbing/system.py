@@ -1,7 +1,7 @@
 """What differs between Linux, macOS and Windows, in one place: the cores this process may use, its
-peak memory, making a rename survive a power cut, a child process that ends with its parent, and the
-tests' self-stop. Each takes the platform as an argument (default: this one), so that the tests run
-the other systems' branches on Linux.
+peak memory, whether the CPU computes bfloat16 natively, making a rename survive a power cut, a child
+process that ends with its parent, and the tests' self-stop. Each takes the platform as an argument
+(default: this one), so that the tests run the other systems' branches on Linux.
 """
 
 import ctypes
@@ -29,6 +29,32 @@ def peak_memory_mib(platform: str = sys.platform) -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if platform == "darwin" else peak / 2**10  # macOS counts bytes, Linux KiB
+
+
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) that still include bfloat16 instructions.
+BFLOAT16_ISAS = {"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512",
+                 "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT"}
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The instruction-set flags of this CPU as Linux lists them (avx2, avx512f, avx512_bf16, amx_tile, ...);
+    empty where there is no /proc/cpuinfo (macOS, Windows)."""
+    try:
+        with open(cpuinfo) as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def native_bfloat16(environ: dict, platform: str = sys.platform, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether TensorFlow's oneDNN kernels can compute bfloat16 in hardware here: a CPU with AMX or AVX512_BF16
+    (known on Linux only: elsewhere False), oneDNN on, and no cap below those instructions. Anywhere else
+    TensorFlow emulates bfloat16, several times slower than float32."""
+    if not platform.startswith("linux") or environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() in ("0", "false"):
+        return False
+    if environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BFLOAT16_ISAS:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags(cpuinfo))
 
 
 def flush_folder(folder: str | os.PathLike, platform: str = sys.platform) -> None:

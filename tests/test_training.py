@@ -217,7 +217,8 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn, terminal):
     if terminal:
         r.stderr = tty.text
     assert r.returncode == 0, r.stderr
-    own = ("replay: ", "episode ", "saved step_", "final eval: ", "1000 steps and 800 gradient steps in ")
+    own = ("network: float32; replay: ", "episode ", "saved step_", "final eval: ",
+           "1000 steps and 800 gradient steps in ")
     assert all(line.startswith(own) for line in r.stdout.splitlines()), r.stdout
     assert sum(line.startswith("saved step_") for line in r.stdout.splitlines()) == 2
     bars = [seg for seg in re.split(r"[\r\n]|\x1b\[A", r.stderr) if seg.strip()]

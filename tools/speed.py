@@ -15,9 +15,12 @@ Memory:      python tools/speed.py --memory
 """
 
 import argparse
+import functools
 import statistics
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's
 
 from bench import run_trial  # noqa: E402
 from plumbing import settings  # noqa: E402
+from plumbing.bookkeeping import prepare_run  # noqa: E402
 from plumbing.settings import Parser, fail  # noqa: E402
+from plumbing.startup import prepare_for  # noqa: E402
+from plumbing.system import cpu_flags  # noqa: E402
 from replay_buffer import PrioritizedReplayBuffer  # noqa: E402
 
 # The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
@@ -92,28 +98,160 @@ def throughput(root: Path, flags: list[str], repeats: int) -> None:
 # learning from step 1,000 and acting greedily (every env's action from the network) throughout.
 ATARI_SPEED = ["--steps", "30000", "--learning-starts", "1000", "--epsilon-start", "0.01", "--epsilon-end", "0.01",
                "--eval-every", "0", "--final-eval-episodes", "0", "--snapshot-every", "1000000"]
+PRECISIONS = ["float32", "bfloat16"]
 
 
 def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
-    """Env steps/s of the games alone and of whole trainings (acting, storing, updating)."""
+    """Env steps/s of the games alone and of whole trainings in each precision, alternating, with the update
+    alone beside them; then one training per precision taken apart, in this process."""
     preset = settings.preset(env_id)
-    threads = settings.parse_args(["--env", env_id, *flags]).threads  # the preset's (every core), or -- --threads N
-    alone, trained = [], []
+    args = settings.parse_args(["--env", env_id, *flags])
+    prepare_for(args)  # oneDNN on, as in an Atari training, before TensorFlow loads
+    alone, trained, update_ms = [], {p: [] for p in PRECISIONS}, {p: [] for p in PRECISIONS}
     for r in range(repeats):
-        alone.append(time_atari_games(env_id, preset["num_envs"], threads))
-        trial = dict(name=f"atari-{r}", config="atari", seed=r, flags=["--env", env_id, *ATARI_SPEED, *flags],
-                     run_dir=str((root / f"atari-{r}").resolve()))
-        s = run_trial(trial)
-        if s["status"] != "finished":
-            fail(f"the Atari training {trial['name']} failed: {s['error']}")
-        trained.append(s["steps_per_second"])
+        alone.append(time_atari_games(env_id, preset["num_envs"], args.threads))
+        for precision in PRECISIONS:
+            name = f"atari-{precision}-{r}"
+            trial = dict(name=name, config="atari", seed=r, run_dir=str((root / name).resolve()),
+                         flags=["--env", env_id, *ATARI_SPEED, "--precision", precision, *flags])
+            s = run_trial(trial)
+            if s["status"] != "finished":
+                fail(f"the Atari training {trial['name']} failed: {s['error']}")
+            trained[precision].append(s["steps_per_second"])
+            update_ms[precision].append(time_update(args, precision))
+    cpu = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_tile"})) or "unknown"
+    print(f"{env_id}, {preset['num_envs']} games, {args.threads} thread{'s' * (args.threads > 1)}, CPU flags: {cpu}")
+    print(f"  games alone (random actions): {listed(alone)} env steps/s, median {statistics.median(alone):.0f}")
     ratio = preset["train_freq"] / preset["gradient_steps"]
-    print(f"{env_id}, {preset['num_envs']} games, {threads} thread{'s' * (threads > 1)}:")
-    print(f"  games alone (random actions): {', '.join(f'{v:.0f}' for v in alone)} env steps/s, "
-          f"median {statistics.median(alone):.0f}")
-    print(f"  training (one gradient step per {ratio:g} env steps): {', '.join(f'{v:.0f}' for v in trained)} "
-          f"env steps/s, median {statistics.median(trained):.0f}")
-    print(f"atari_steps_per_second: {statistics.median(trained):.0f}")
+    for name, unit, values in [(f"training (one gradient step per {ratio:g} env steps)", "env steps/s", trained),
+                               ("update alone (one gradient step)", "ms", update_ms)]:
+        medians = {p: statistics.median(v) for p, v in values.items()}
+        for p, v in values.items():
+            print(f"  {name}, {p}: {listed(v, unit == 'ms')} {unit}, median {medians[p]:.{int(unit == 'ms')}f}")
+        print(f"    bfloat16 against float32: {medians['bfloat16'] / medians['float32']:.2f}x")
+    parts = {p: taken_apart(root, env_id, flags, p) for p in PRECISIONS}
+    print_parts(parts, preset)
+    print(f"atari_steps_per_second: {statistics.median(trained['float32']):.0f}")
+
+
+def listed(values: list[float], decimal: bool = False) -> str:
+    return ", ".join(f"{v:.{int(decimal)}f}" for v in values)
+
+
+def time_update(args: argparse.Namespace, precision: str, calls: int = 15) -> float:
+    """Milliseconds per gradient step of the preset's compiled update (G steps per call) on random
+    minibatches of frames: the median of `calls` calls after two that compile and warm up."""
+    import run
+    from atari import conv_torso
+    from replay_buffer import Batch
+
+    model, target = (run.create_model((4, 84, 84), 6, args.units, args.lr, args.clip_norm, args.loss, args.dueling,
+                                      torso=conv_torso, obs_dtype="uint8", precision=precision) for _ in range(2))
+    update = run.make_update(model, target, args.double, args.tau)
+    rng, shape = np.random.default_rng(0), (args.gradient_steps, args.batch_size)
+    frames = lambda: rng.integers(0, 256, (*shape, 4, 84, 84), dtype=np.uint8)  # noqa: E731
+    batch = Batch(frames(), rng.integers(6, size=shape), rng.standard_normal(shape).astype(np.float32), frames(),
+                  np.zeros(shape, np.float32), np.full(shape, args.gamma ** args.n_step, np.float32))
+    seconds = []
+    for _ in range(calls + 2):
+        t0 = time.perf_counter()
+        float(update(batch)[0])
+        seconds.append(time.perf_counter() - t0)
+    return statistics.median(seconds[2:]) * 1000 / args.gradient_steps
+
+
+class PartTimer:
+    """Seconds spent in each part of a training, by wrapping the functions that do it. A part's time
+    leaves out the parts called inside it (learning's leaves out the replay's sampling), except in an
+    `including` part, which keeps all it calls (an evaluation's games are the evaluation's)."""
+
+    def __init__(self):
+        self.seconds, self.calls, self.stack = defaultdict(float), defaultdict(int), []
+
+    def wrap(self, part: str, fn: Callable, including: bool = False) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            if self.stack and self.stack[-1][1]:  # inside an including part
+                return fn(*args, **kwargs)
+            self.stack.append([0.0, including])  # [time of the parts inside, including]
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds = time.perf_counter() - t0
+                inner = self.stack.pop()[0]
+                self.seconds[part] += seconds - inner
+                self.calls[part] += 1
+                if self.stack:
+                    self.stack[-1][0] += seconds
+        return timed
+
+
+# What each part of an Atari training is, by the functions that do it (module, attribute).
+PARTS = {"games (8 env steps)": [("atari", "AtariGames.step")],
+         "acting (forward pass)": [("atari", "epsilon_greedy")],
+         "replay: storing": [("frame_replay", "FrameReplayBuffer.store")],
+         "replay: sampling": [("frame_replay", "FrameReplayBuffer.sample")],
+         "update (gradient steps)": [("atari", "learn")],
+         "target copy": [("keras", "Model.get_weights"), ("keras", "Model.set_weights")],
+         "logging and progress": [("atari", "log_training"), ("atari", "log_episode"),
+                                  ("plumbing.dqn_run", "Run.tick")],
+         "evaluation (5 games)": [("atari", "evaluate_periodically")],
+         "snapshot": [("plumbing.dqn_run", "Run.snapshot")]}
+PERIODIC = {"evaluation (5 games)": "eval_every", "snapshot": "snapshot_every"}
+PERIOD = 10_000  # evaluations and snapshots in the taken-apart training, scaled to the preset's periods
+
+
+def taken_apart(root: Path, env_id: str, flags: list[str], precision: str) -> dict:
+    """One training (ATARI_SPEED, with an evaluation and a snapshot every PERIOD steps) in this process, its
+    parts timed: seconds per part, the loop's own time as 'rest', and the steps it took."""
+    import importlib
+
+    import atari
+
+    timer = PartTimer()
+    originals = []
+    for part, places in PARTS.items():
+        for module, attribute in places:
+            owner_name, _, name = attribute.rpartition(".")
+            owner = importlib.import_module(module)
+            owner = getattr(owner, owner_name) if owner_name else owner
+            originals.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, timer.wrap(part, getattr(owner, name), including=part in PERIODIC))
+    originals.append((atari, "training_loop", atari.training_loop))
+    atari.training_loop = timer.wrap("rest", atari.training_loop)
+    args = settings.parse_args(["--env", env_id, *ATARI_SPEED, "--precision", precision, "--eval-every", str(PERIOD),
+                                "--snapshot-every", str(PERIOD), "--logdir", str(root), "--name", f"parts-{precision}",
+                                *flags])
+    try:
+        args, run_dir, _ = prepare_run(args, "dqn")
+        summary = atari.train(args, run_dir, False)
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+    timer.seconds["update (gradient steps)"] -= summary["compile_seconds"]  # the one-time tracing, not a step's
+    return {**timer.seconds, "steps": summary["steps"]}
+
+
+def print_parts(parts: dict, preset: dict) -> None:
+    """Microseconds per env step of each part, per precision; evaluations and snapshots at the preset's periods."""
+    per_step = {}
+    for precision, seconds in parts.items():
+        steps = seconds["steps"]
+        us = {part: seconds.get(part, 0.0) / steps * 1e6 for part in [*PARTS, "rest"]}
+        for part, flag in PERIODIC.items():  # the taken-apart run did one every PERIOD steps
+            us[part] *= PERIOD / preset[flag]
+        per_step[precision] = us
+    print(f"one training taken apart ({parts['float32']['steps']:,} steps each, in this process; evaluations and "
+          f"snapshots every {PERIOD:,} steps, counted here as at the preset's periods): microseconds per env step")
+    print(f"  {'part':26} " + " ".join(f"{p:>18}" for p in parts))
+    for part in [*PARTS, "rest", "total"]:
+        cells = []
+        for us in per_step.values():
+            total = sum(us.values())
+            value = total if part == "total" else us[part]
+            cells.append(f"{value:8.0f} ({value / total:4.0%})")
+        print(f"  {part:26} " + " ".join(f"{c:>18}" for c in cells))
 
 
 def time_atari_games(env_id: str, num_envs: int, threads: int, steps: int = 40_000) -> float:
