@@ -19,7 +19,7 @@ import numpy as np
 from plumbing.atomic import write_atomically, write_text_atomically
 from plumbing.envs import make_env
 from plumbing.settings import ALGORITHMS, BEFORE_THE_FLAG, fail, make_parser
-from plumbing.system import peak_memory_mib
+from plumbing.system import cpu_kind, peak_memory_mib
 
 STARTED = time.time()  # wall-clock start (importing this module comes before the slow TensorFlow import)
 CHECKPOINT = "checkpoint.npz"
@@ -211,7 +211,7 @@ def write_summary(run_dir: Path, args: argparse.Namespace, p: Progress, status: 
         first_solved_seconds=p.first_solved_seconds, best_eval_step=p.best_eval_step, best_eval_mean=p.best_eval_mean,
         last_eval_mean=None if last_returns is None else float(last_returns.mean()),
         last_eval_std=None if last_returns is None else float(last_returns.std()),
-        peak_rss_mb=round(peak_memory_mib(), 1),
+        peak_rss_mb=round(peak_memory_mib(), 1), cpu=cpu_kind(),  # the last session's, if it was resumed
         evals=p.evals, **(extra or {}))
     if final_returns is not None:
         summary.update(final_eval_mean=float(final_returns.mean()), final_eval_std=float(final_returns.std()),

@@ -46,6 +46,16 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
         return set()
 
 
+def cpu_kind(flags: set[str] | None = None) -> str:
+    """Which of the CPU kinds the docs give numbers for this one is (from cpu_flags() unless given)."""
+    flags = cpu_flags() if flags is None else flags
+    for flag, kind in [("amx_tile", "AVX-512 with AMX"), ("avx512_bf16", "AVX-512 with AVX512_BF16, no AMX"),
+                       ("avx512f", "AVX-512 without AVX512_BF16"), ("avx2", "AVX2 only")]:
+        if flag in flags:
+            return kind
+    return "unknown"
+
+
 def native_bfloat16(environ: dict, platform: str = sys.platform, cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether TensorFlow's oneDNN kernels can compute bfloat16 in hardware here: a CPU with AMX or AVX512_BF16
     (known on Linux only: elsewhere False), oneDNN on, and no cap below those instructions. Anywhere else

@@ -24,7 +24,7 @@ from plumbing.startup import load_tensorflow  # noqa: E402
 # Test files whose code never needs TensorFlow; run alone (`pytest tests/test_replay_buffer.py`),
 # they start without loading it.
 WITHOUT_TENSORFLOW = {"test_replay_buffer.py", "test_frame_replay.py", "test_settings.py", "test_tabular.py",
-                      "test_bench.py", "test_ray_cluster.py", "test_notebook.py"}
+                      "test_bench.py", "test_ray_cluster.py", "test_notebook.py", "test_speed_tool.py"}
 
 
 def pytest_collectstart(collector):

@@ -189,19 +189,31 @@ def test_a_short_breakout_training_runs_its_snapshot_plays_back_and_it_enters_th
     assert "ALE/Breakout-v5: mean return" in capsys.readouterr().out
     assert len(iio.imread(gif)) > 30  # a whole game of five lives, every 2nd frame (one lost life is ~10)
 
-    # tools/atari_table.py: the run replaces its game's old rows in the CSV, the other game's stay
-    evals = tmp_path / "evals.csv"
-    evals.write_text("game,seed,step,episodes,score\nBreakout,0,2000000,20,75.7\n"
-                     "Pong,0,100000,5,-15.0\nPong,0,2000000,20,18.0\nPong,0,2000000,5,19.2\n")
-    r = script("tools/atari_table.py", tmp_path, "--evals", evals, "--plot", tmp_path / "atari.png", cwd=tmp_path)
+    # tools/atari_table.py: the run replaces its game and seed's old rows in the CSVs; the others stay
+    evals, took = tmp_path / "evals.csv", tmp_path / "runs.csv"
+    evals.write_text("game,seed,step,episodes,score\nBreakout,0,2000000,20,75.7\nPong,0,100000,5,-15.0\n"
+                     "Pong,0,2000000,20,18.0\nPong,0,2000000,5,19.2\nPong,1,2000000,20,17.0\n")
+    took.write_text("game,seed,steps,gradient_steps,minutes,peak_rss_mb,cpu,precision\n"
+                    "Breakout,0,2000000,247504,101,1684,AVX-512 with AMX,float32\n")
+    r = script("tools/atari_table.py", tmp_path, "--evals", evals, "--runs", took, "--plot", tmp_path / "atari.png",
+               cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(evals.open()))
-    assert [(row["game"], row["step"], row["episodes"]) for row in rows] == \
-        [("Pong", "100000", "5"), ("Pong", "2000000", "20"), ("Pong", "2000000", "5"), ("Breakout", "800", "3")]
-    assert float(rows[-1]["score"]) == pytest.approx(s["final_eval_mean"])
-    breakout = (float(rows[-1]["score"]) - 1.7) / (31.8 - 1.7)  # Mnih et al. 2015's random and human scores
-    pong = (18.0 + 20.7) / (9.3 + 20.7)  # the 20-game row, not the 5-game ones
-    assert f"| Breakout | {float(rows[-1]['score']):g} | {breakout:.2f} | 168 | 800 | 22 | " in r.stdout
-    assert f"| Pong | 18 | {pong:.2f} | 20 | - | - | - | - |" in r.stdout
-    assert f"median human-normalised score over 2 games: {(pong + breakout) / 2:.2f}" in r.stdout
+    assert [(row["game"], row["seed"], row["step"], row["episodes"]) for row in rows] == \
+        [("Pong", "0", "100000", "5"), ("Pong", "0", "2000000", "20"), ("Pong", "0", "2000000", "5"),
+         ("Pong", "1", "2000000", "20"), ("Breakout", "0", "800", "3")]
+    score = float(rows[-1]["score"])
+    assert score == pytest.approx(s["final_eval_mean"])
+    (run_row,) = csv.DictReader(took.open())
+    assert run_row == dict(game="Breakout", seed="0", steps="800", gradient_steps="22",
+                           minutes=str(round(s["wall_seconds"] / 60)), peak_rss_mb=str(round(s["peak_rss_mb"])),
+                           cpu=s["cpu"], precision=json.loads((run_dir / "args.json").read_text())["precision"])
+    breakout = (score - 1.7) / (31.8 - 1.7)  # Mnih et al. 2015's random and human scores
+    pong0, pong1 = (18.0 + 20.7) / 30.0, (17.0 + 20.7) / 30.0  # the 20-game rows, not the 5-game ones
+    assert (f"| Breakout | {score:g} | - | {score:g} | {breakout:.2f} | 168 | {score / 168:.0%} | "
+            f"{run_row['minutes']} | {run_row['cpu']}, {run_row['precision']} |") in r.stdout
+    assert f"| Pong | 18 | 17 | 17.5 | {(17.5 + 20.7) / 30:.2f} | 20 | 88% | -, - | -; - |" in r.stdout
+    assert f"seed 0: median human-normalised score over 2 games: {(pong0 + breakout) / 2:.2f}" in r.stdout
+    assert f"seed 1: median human-normalised score over 1 games: {pong1:.2f}" in r.stdout
+    assert f"half the 2013 DQN's on {1 + (score >= 84)} of 2 games" in r.stdout
     assert iio.imread(tmp_path / "atari.png").shape[1] == 720  # two panels of 3.6 inches at 100 dpi

@@ -57,7 +57,7 @@ def test_speed_bad_input_is_one_line_exit_2(tmp_path, args, message):
 
 @pytest.mark.parametrize("args, message", [(["nowhere", "--evals", "e.csv"], "nowhere is not a bench directory"),
                                            (["--evals", "e.csv"], "no finished run"),
-                                           (["--evals", "results.csv"], "results.csv is not a CSV of evaluations")])
+                                           (["--evals", "results.csv"], "results.csv is not a CSV this tool wrote")])
 def test_atari_table_bad_input_is_one_line_exit_2(tmp_path, args, message):
     (tmp_path / "results.csv").write_text("config,seed,status\nenv=ALE/Pong-v5,0,finished\n")
     assert message in one_line_exit_2(script("tools/atari_table.py", *args, cwd=tmp_path), "atari_table.py")

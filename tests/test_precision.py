@@ -41,6 +41,13 @@ def test_native_bfloat16_needs_the_instructions_onednn_and_no_cap_below_them(tmp
     assert not system.native_bfloat16({}, "linux", str(tmp_path / "missing"))
 
 
+def test_the_cpu_kind_is_named_by_its_best_instructions():
+    assert system.cpu_kind({"avx2", "avx512f", "avx512_bf16", "amx_tile"}) == "AVX-512 with AMX"
+    assert system.cpu_kind({"avx2", "avx512f", "avx512_bf16"}) == "AVX-512 with AVX512_BF16, no AMX"
+    assert system.cpu_kind({"avx2", "avx512f"}) == "AVX-512 without AVX512_BF16"
+    assert system.cpu_kind({"sse2", "avx2"}) == "AVX2 only" and system.cpu_kind(set()) == "unknown"
+
+
 def test_auto_picks_float32_for_dense_networks_and_under_the_avx2_cap(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert settings.parse_args(["--env", "ALE/Pong-v5"]).precision == "float32"

@@ -32,7 +32,7 @@ from plumbing import settings  # noqa: E402
 from plumbing.bookkeeping import prepare_run  # noqa: E402
 from plumbing.settings import Parser, fail  # noqa: E402
 from plumbing.startup import prepare_for  # noqa: E402
-from plumbing.system import cpu_flags  # noqa: E402
+from plumbing.system import cpu_kind  # noqa: E402
 from replay_buffer import PrioritizedReplayBuffer  # noqa: E402
 
 # The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
@@ -107,7 +107,8 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
     preset = settings.preset(env_id)
     args = settings.parse_args(["--env", env_id, *flags])
     prepare_for(args)  # oneDNN on, as in an Atari training, before TensorFlow loads
-    alone, trained, update_ms = [], {p: [] for p in PRECISIONS}, {p: [] for p in PRECISIONS}
+    alone, trained = [], {p: [] for p in PRECISIONS}
+    update_ms, acting_ms = {p: [] for p in PRECISIONS}, {p: [] for p in PRECISIONS}
     for r in range(repeats):
         alone.append(time_atari_games(env_id, preset["num_envs"], args.threads))
         for precision in PRECISIONS:
@@ -118,17 +119,22 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
             if s["status"] != "finished":
                 fail(f"the Atari training {trial['name']} failed: {s['error']}")
             trained[precision].append(s["steps_per_second"])
-            update_ms[precision].append(time_update(args, precision))
-    cpu = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_tile"})) or "unknown"
-    print(f"{env_id}, {preset['num_envs']} games, {args.threads} thread{'s' * (args.threads > 1)}, CPU flags: {cpu}")
+            update, acting = time_update_and_acting(args, precision, preset["num_envs"])
+            update_ms[precision].append(update)
+            acting_ms[precision].append(acting)
+    cpu = cpu_kind()
+    print(f"{env_id}, {preset['num_envs']} games, {args.threads} thread{'s' * (args.threads > 1)}, CPU: {cpu}")
     print(f"  games alone (random actions): {listed(alone)} env steps/s, median {statistics.median(alone):.0f}")
     ratio = preset["train_freq"] / preset["gradient_steps"]
     for name, unit, values in [(f"training (one gradient step per {ratio:g} env steps)", "env steps/s", trained),
-                               ("update alone (one gradient step)", "ms", update_ms)]:
+                               ("update alone (one gradient step)", "ms", update_ms),
+                               (f"acting alone (one forward pass of {preset['num_envs']} frame stacks)", "ms",
+                                acting_ms)]:
         medians = {p: statistics.median(v) for p, v in values.items()}
         for p, v in values.items():
             print(f"  {name}, {p}: {listed(v, unit == 'ms')} {unit}, median {medians[p]:.{int(unit == 'ms')}f}")
-        print(f"    bfloat16 against float32: {medians['bfloat16'] / medians['float32']:.2f}x")
+        faster = medians["bfloat16"] / medians["float32"] if unit != "ms" else medians["float32"] / medians["bfloat16"]
+        print(f"    bfloat16 is {faster:.2f}x as fast as float32")
     parts = {p: taken_apart(root, env_id, flags, p) for p in PRECISIONS}
     print_parts(parts, preset)
     print(f"atari_steps_per_second: {statistics.median(trained['float32']):.0f}")
@@ -138,26 +144,33 @@ def listed(values: list[float], decimal: bool = False) -> str:
     return ", ".join(f"{v:.{int(decimal)}f}" for v in values)
 
 
-def time_update(args: argparse.Namespace, precision: str, calls: int = 15) -> float:
+def time_update_and_acting(args: argparse.Namespace, precision: str, games: int,
+                           calls: int = 15) -> tuple[float, float]:
     """Milliseconds per gradient step of the preset's compiled update (G steps per call) on random
-    minibatches of frames: the median of `calls` calls after two that compile and warm up."""
+    minibatches of frames, and per forward pass of `games` frame stacks as acting does it, with the
+    network in `precision`: medians of `calls` calls (10x as many passes) after two that compile."""
     import run
-    from atari import conv_torso
+    from atari import conv_torso, q_function
     from replay_buffer import Batch
 
     model, target = (run.create_model((4, 84, 84), 6, args.units, args.lr, args.clip_norm, args.loss, args.dueling,
                                       torso=conv_torso, obs_dtype="uint8", precision=precision) for _ in range(2))
-    update = run.make_update(model, target, args.double, args.tau)
+    update, q_values = run.make_update(model, target, args.double, args.tau), q_function(model)
     rng, shape = np.random.default_rng(0), (args.gradient_steps, args.batch_size)
     frames = lambda: rng.integers(0, 256, (*shape, 4, 84, 84), dtype=np.uint8)  # noqa: E731
     batch = Batch(frames(), rng.integers(6, size=shape), rng.standard_normal(shape).astype(np.float32), frames(),
                   np.zeros(shape, np.float32), np.full(shape, args.gamma ** args.n_step, np.float32))
-    seconds = []
+    obs = batch.obs[0, :games]
+    updates, passes = [], []
     for _ in range(calls + 2):
         t0 = time.perf_counter()
         float(update(batch)[0])
-        seconds.append(time.perf_counter() - t0)
-    return statistics.median(seconds[2:]) * 1000 / args.gradient_steps
+        updates.append(time.perf_counter() - t0)
+    for _ in range(10 * calls + 2):
+        t0 = time.perf_counter()
+        q_values(obs)
+        passes.append(time.perf_counter() - t0)
+    return statistics.median(updates[2:]) * 1000 / args.gradient_steps, statistics.median(passes[2:]) * 1000
 
 
 class PartTimer:
@@ -193,7 +206,7 @@ PARTS = {"games (8 env steps)": [("atari", "AtariGames.step")],
          "replay: storing": [("frame_replay", "FrameReplayBuffer.store")],
          "replay: sampling": [("frame_replay", "FrameReplayBuffer.sample")],
          "update (gradient steps)": [("atari", "learn")],
-         "target copy": [("keras", "Model.get_weights"), ("keras", "Model.set_weights")],
+         "weight copies (target, acting)": [("keras", "Model.get_weights"), ("keras", "Model.set_weights")],
          "logging and progress": [("atari", "log_training"), ("atari", "log_episode"),
                                   ("plumbing.dqn_run", "Run.tick")],
          "evaluation (5 games)": [("atari", "evaluate_periodically")],
