@@ -5,10 +5,12 @@ Throughput:  python tools/speed.py --steps 20000
     a 2x32 network), 3 times, and prints the median as its last line: steps_per_second: X.
     In the same run, alternating with it: one compiled call per env step, and every DQN
     variant switched on at once; then it times prioritized-replay sampling in process.
-Atari:       python tools/speed.py --atari ALE/Pong-v5
+Atari:       python tools/speed.py --atari ALE/Pong-v5 [-- --threads 2]
     where an Atari training's time goes: the games alone (random actions, the preset's envs, the
-    trainings' threads, in this process) against trainings at the preset's update ratio, alternating,
-    `--repeats` times each; last line: atari_steps_per_second: X (the trainings' median).
+    trainings' threads, in this process), trainings at the preset's update ratio in float32 and in
+    bfloat16, and the update and acting alone in each, alternating, `--repeats` times each; then one
+    training per precision in this process with each part of its loop timed (PartTimer). Last
+    line: atari_steps_per_second: X (the float32 trainings' median).
 Memory:      python tools/speed.py --memory
     peak RSS of MountainCar trainings with a snapshot (a .keras file and the checkpoint)
     every 40 steps over 40,000 steps and every 100 over 120,000; last line: peak_rss_mb: X.
@@ -147,8 +149,9 @@ def listed(values: list[float], decimal: bool = False) -> str:
 def time_update_and_acting(args: argparse.Namespace, precision: str, games: int,
                            calls: int = 15) -> tuple[float, float]:
     """Milliseconds per gradient step of the preset's compiled update (G steps per call) on random
-    minibatches of frames, and per forward pass of `games` frame stacks as acting does it, with the
-    network in `precision`: medians of `calls` calls (10x as many passes) after two that compile."""
+    minibatches of frames, and per forward pass of `games` frame stacks as acting does it, with a
+    network of Pong's 6 actions in `precision`: medians of `calls` calls (10x as many passes) after
+    two that compile."""
     import run
     from atari import conv_torso, q_function
     from replay_buffer import Batch
