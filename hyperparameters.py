@@ -20,8 +20,8 @@ def add_network_flags(net) -> None:
     net.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                      help="what the network's hidden layers compute in; its weights, Q-values, loss and optimizer "
                           "stay float32. auto: bfloat16 for Atari's conv net where the CPU computes it natively "
-                          "(AMX or AVX512_BF16, oneDNN on), where it makes the update faster; else float32 (a "
-                          "dense net gains nothing). --resume keeps the run's own unless told")
+                          "(AMX or AVX512_BF16, oneDNN on), where it makes the update faster; else float32 (a dense "
+                          "net's update is slower in bfloat16). --resume keeps the run's own unless told")
 
 
 def add_dqn_flags(dqn) -> None:
