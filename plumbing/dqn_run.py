@@ -7,6 +7,7 @@ final.keras, their evaluations, summary.json).
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from plumbing.atomic import remove_leftovers
 from plumbing.bookkeeping import Progress, StopSignals, Stopwatch, listed, numbered, record_evaluation
 from plumbing.keras_files import optimizer_variables, restore_optimizer, save_model
 from plumbing.settings import final_eval_seed
+from plumbing.system import native_bfloat16
 from replay_buffer import ReplayBuffer
 
 
@@ -48,7 +50,9 @@ class Run:
                  epsilon_at: Callable[[int], float]):
         self.args, self.run_dir, self.state = args, run_dir, state
         unit = "frames" if isinstance(state.replay, FrameReplayBuffer) else "transitions"
-        print(f"network: {args.precision}; replay: {args.buffer_size:,} {unit}, {state.replay.nbytes / 2**20:,.0f} MiB",
+        emulated = args.precision == "bfloat16" and not native_bfloat16(os.environ)
+        network = f"{args.precision}{', emulated on this CPU (slower than float32)' * emulated}"
+        print(f"network: {network}; replay: {args.buffer_size:,} {unit}, {state.replay.nbytes / 2**20:,.0f} MiB",
               flush=True)
         if resuming:
             resume(run_dir, state, epsilon_at)

@@ -1,4 +1,4 @@
-"""--precision: bfloat16 where the CPU computes it natively (auto), a bfloat16 update that learns as the
+"""--precision: when bfloat16 is native (auto stays float32), a bfloat16 update that moves Q as the
 float32 one does, float32 where it matters (weights, Q-values, loss, optimizer), and a run that
 resumes in the precision it started in."""
 
@@ -48,13 +48,13 @@ def test_the_cpu_kind_is_named_by_its_best_instructions():
     assert system.cpu_kind({"sse2", "avx2"}) == "AVX2 only" and system.cpu_kind(set()) == "unknown"
 
 
-def test_auto_picks_float32_for_dense_networks_and_under_the_avx2_cap(monkeypatch):
+def test_auto_picks_float32_on_every_cpu_and_bfloat16_is_taken_when_asked(monkeypatch):
+    """bfloat16 made Pong learn worse on 2 of 2 seeds (docs/atari.md): auto is float32, even where it is native."""
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert settings.parse_args(["--env", "ALE/Pong-v5"]).precision == "float32"
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
-    native = "bfloat16" if system.native_bfloat16(os.environ) else "float32"
-    assert settings.parse_args(["--env", "ALE/Pong-v5"]).precision == native  # this CPU's answer
+    assert settings.parse_args(["--env", "ALE/Pong-v5"]).precision == "float32"
     assert settings.parse_args(["--env", "CartPole-v1"]).precision == "float32"  # a dense net: slower in bfloat16
     assert settings.parse_args(["--env", "ALE/Pong-v5", "--precision", "float32"]).precision == "float32"
     assert settings.parse_args(["--env", "CartPole-v1", "--precision", "bfloat16"]).precision == "bfloat16"
@@ -129,11 +129,12 @@ def test_a_run_resumes_in_the_precision_it_started_in_unless_told(tmp_path, caps
     run_dir = tmp_path / "bf16"
     interrupt_at_the_first_snapshot(run_dir / "step_400.keras")
     assert run_main(*flags) == 130
-    assert "network: bfloat16; replay: " in capsys.readouterr().out
+    emulated = ", emulated on this CPU" if not system.native_bfloat16(os.environ) else ""  # oneDNN is off here
+    assert f"network: bfloat16{emulated}" in capsys.readouterr().out
     assert json.loads((run_dir / "args.json").read_text())["precision"] == "bfloat16"
     interrupt_at_the_first_snapshot(run_dir / "step_800.keras")
     assert run_main("--resume", run_dir) == 130
-    assert "network: bfloat16; replay: " in capsys.readouterr().out
+    assert f"network: bfloat16{emulated}" in capsys.readouterr().out
     assert computes_in(run_dir / "step_800.keras") == "mixed_bfloat16"  # the network the resumed run trained
     assert run_main("--resume", run_dir, "--precision", "float32") == 0
     assert "network: float32; replay: " in capsys.readouterr().out
