@@ -428,8 +428,9 @@ def parse_args() -> argparse.Namespace:
                    help="run.py flags to vary (without their dashes); every combination is one configuration")
     p.add_argument("--configs", nargs="+", default=None, metavar="'FLAG=V ...'",
                    help="instead of a grid, these configurations (each one a quoted list of FLAG=VALUE, or default)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                   help="seeds per configuration: one number N means seeds 0..N-1, several mean exactly those")
+    p.add_argument("--seeds", nargs="+", default=["5"],
+                   help="seeds per configuration: one number N means seeds 0..N-1, several mean exactly those, "
+                        "and A-B means seeds A to B (--seeds 1-1: seed 1 alone)")
     p.add_argument("--algo", choices=list(settings.ALGORITHMS), default="dqn",
                    help="the training script of every trial whose configuration sets no algo= "
                         f"({', '.join(f'{name}: {a.script}' for name, a in settings.ALGORITHMS.items())})")
@@ -454,11 +455,9 @@ def parse_args() -> argparse.Namespace:
         settings.fail("use --grid (every combination) or --configs (a list), not both")
     if a.parallel is not None and a.parallel < 1:
         settings.fail(f"--parallel must be at least 1, got {a.parallel}")
-    if len(a.seeds) == 1:
-        if a.seeds[0] < 1:
-            settings.fail(f"--seeds N needs N >= 1, got {a.seeds[0]} (--seeds 1 is seed 0 alone)")
-        a.seeds = list(range(a.seeds[0]))
+    a.seeds = settings.seed_list(a.seeds)
     return a
+
 
 
 def main() -> int:

@@ -362,3 +362,15 @@ def check_dqn_args(a: argparse.Namespace) -> None:
     if a.batch_size > a.buffer_size:
         fail(f"--batch-size {a.batch_size} is larger than --buffer-size {a.buffer_size}; "
              "lower the batch or raise the buffer")
+
+
+def seed_list(tokens: list[str]) -> list[int]:
+    """--seeds 5 is seeds 0-4 (the usual count of seeds); --seeds 0 3 7 and --seeds 5-9 name them."""
+    ranges = [t.split("-", 1) if "-" in t else [t, t] for t in tokens]
+    if not all(a.isdigit() and b.isdigit() and int(a) <= int(b) for a, b in ranges):
+        fail(f"--seeds takes seed numbers or ranges such as 5-9, got {' '.join(tokens)}")
+    if len(tokens) == 1 and "-" not in tokens[0]:
+        if int(tokens[0]) < 1:
+            fail(f"--seeds N needs N >= 1, got {tokens[0]} (N means seeds 0..N-1: seed 0 alone is --seeds 1)")
+        return list(range(int(tokens[0])))
+    return [seed for a, b in ranges for seed in range(int(a), int(b) + 1)]

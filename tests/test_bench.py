@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, checkpoint_state, script
 
 import bench
+from plumbing import settings
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
@@ -92,8 +93,16 @@ def test_atari_trials_pin_their_threads_and_as_many_run_at_once_as_the_cores_fit
     assert bench.trial_threads({"name": "from an older bench.json"}) == 1
 
 
+def test_seeds_are_a_count_a_list_or_ranges():
+    assert settings.seed_list(["3"]) == [0, 1, 2]
+    assert settings.seed_list(["4", "2"]) == [4, 2]
+    assert settings.seed_list(["1-1"]) == [1]
+    assert settings.seed_list(["5-7", "0"]) == [5, 6, 7, 0]
+
+
 @pytest.mark.parametrize("args, message", [(["--grid", "foo=1,2"], "foo=1,2"), (["--grid", "double"], "FLAG=V1,V2"),
                                            (["--grid", "double=maybe"], "double=0,1"), (["--seeds", "0"], "N >= 1"),
+                                           (["--seeds", "3-1"], "ranges such as 5-9, got 3-1"),
                                            (["--resume", "nothing"], "no bench.json"),
                                            (["--configs", "double=1", "double=1"], "twice"),
                                            (["--grid", "double=1,1"], "twice"),

@@ -1,6 +1,6 @@
 """The Atari games against the 2013 DQN paper, over seeds: the table and the figure in docs/results.md.
 
-    python tools/atari_table.py bench/atari5 [more benches] [--seeds 1] --evals docs/atari-evals.csv \
+    python tools/atari_table.py bench/atari5 [more benches] [--seeds 1-1] --evals docs/atari-evals.csv \
         --runs docs/atari-runs.csv --plot docs/curves-atari.png
 
 Reads every Atari run of the given benches (each run's summary.json and args.json) and writes its
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's plumbing/
 
 from plumbing.atomic import write_atomically, write_text_atomically  # noqa: E402
-from plumbing.settings import fail  # noqa: E402
+from plumbing.settings import fail, seed_list  # noqa: E402
 
 # Mnih et al. 2015 ("Human-level control through deep reinforcement learning", Extended Data
 # Table 2): a random agent and a professional human tester, 5 minutes of play each.
@@ -184,14 +184,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("benches", nargs="*", type=Path, help="bench directories (bench/NAME)")
     p.add_argument("--evals", type=Path, required=True, help="the CSV of evaluations to update and draw")
-    p.add_argument("--seeds", type=int, nargs="+", help="take only these seeds' runs from the benches")
+    p.add_argument("--seeds", nargs="+", help="take only these seeds' runs from the benches, named as bench.py's "
+                   "--seeds does (1-1: seed 1 alone)")
     p.add_argument("--runs", type=Path, help="the CSV of what each run took (minutes, CPU, precision) to update")
     p.add_argument("--plot", type=Path, help="where to draw the curves")
     a = p.parse_args()
     for bench in a.benches:
         if not (bench / "runs").is_dir():
             fail(f"{bench} is not a bench directory (no runs/ in it); pass bench/NAME of a bench.py run")
-    runs = [r for bench in a.benches for r in atari_runs(bench) if a.seeds is None or r["seed"] in a.seeds]
+    seeds = None if a.seeds is None else seed_list(a.seeds)
+    runs = [r for bench in a.benches for r in atari_runs(bench) if seeds is None or r["seed"] in seeds]
     rows = merged(read_rows(a.evals, FIELDS), [row for r in runs for row in eval_rows(r)])
     if not rows:
         fail(f"no finished run on the 2013 paper's games in the benches given, and no rows in {a.evals}")
