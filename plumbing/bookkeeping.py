@@ -7,6 +7,7 @@ here: tabular.py uses it too.
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -18,8 +19,8 @@ import numpy as np
 
 from plumbing.atomic import write_atomically, write_text_atomically
 from plumbing.envs import make_env
-from plumbing.settings import ALGORITHMS, BEFORE_THE_FLAG, fail, make_parser
-from plumbing.system import cpu_kind, peak_memory_mib
+from plumbing.settings import ALGORITHMS, BEFORE_THE_FLAG, fail, learns_from_pixels, make_parser
+from plumbing.system import bfloat16_convolutions_fail, cpu_kind, peak_memory_mib
 
 STARTED = time.time()  # wall-clock start (importing this module comes before the slow TensorFlow import)
 CHECKPOINT = "checkpoint.npz"
@@ -32,10 +33,14 @@ def prepare_run(args: argparse.Namespace, algo: str) -> tuple[argparse.Namespace
     """New run: create LOGDIR/NAME and record the settings. --resume: reload them."""
     if args.resume:
         saved, run_dir = resumable_run(Path(args.resume), algo), Path(args.resume)
-        if getattr(args, "precision", "auto") not in ("auto", getattr(saved, "precision", None)):
-            saved.precision = args.precision  # DQN's --precision, told: from now on, and at the next --resume
+        told = getattr(args, "precision", "auto") not in ("auto", getattr(saved, "precision", None))
+        if told:  # DQN's --precision, told: from now on, and at the next --resume
+            saved.precision = args.precision
+        check_precision_runs_here(saved, f"--resume {run_dir} --precision float32")
+        if told:
             write_text_atomically(run_dir / "args.json", json.dumps(vars(saved), indent=1))
         return saved, run_dir, True
+    check_precision_runs_here(args, "--precision float32")
     make_env(args.env).close()  # fail on a bad env before anything is written
     run_dir = Path(args.logdir) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
     if run_dir.exists():
@@ -50,6 +55,16 @@ def prepare_run(args: argparse.Namespace, algo: str) -> tuple[argparse.Namespace
         run_dir.rmdir()
         fail(f"cannot write to {run_dir} ({e.strerror}); free some space or pass another --logdir")
     return args, run_dir, False
+
+
+def check_precision_runs_here(args: argparse.Namespace, instead: str) -> None:
+    """Where oneDNN has no bfloat16 convolution, a bfloat16 conv net would stop at its first update: say so now."""
+    if getattr(args, "precision", None) == "bfloat16" and learns_from_pixels(args) and bfloat16_convolutions_fail(
+            os.environ):
+        cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+        cap = f"; capped by ONEDNN_MAX_CPU_ISA={cap}" if cap else ""
+        fail(f"oneDNN has no bfloat16 convolutions on this CPU ({cpu_kind()}{cap}); use {instead}, or set "
+             "TF_ENABLE_ONEDNN_OPTS=0 for TensorFlow's own bfloat16, several times slower")
 
 
 def resumable_run(run_dir: Path, algo: str) -> argparse.Namespace:

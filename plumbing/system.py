@@ -56,15 +56,29 @@ def cpu_kind(flags: set[str] | None = None) -> str:
     return "unknown"
 
 
+def onednn_on(environ: dict) -> bool:
+    """Whether TensorFlow runs oneDNN's kernels (TF_ENABLE_ONEDNN_OPTS, which plumbing/startup.py sets before
+    TensorFlow loads)."""
+    return environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() not in ("0", "false")
+
+
 def native_bfloat16(environ: dict, platform: str = sys.platform, cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether TensorFlow's oneDNN kernels can compute bfloat16 in hardware here: a CPU with AMX or AVX512_BF16
     (known on Linux only: elsewhere False), oneDNN on, and no cap below those instructions. Anywhere else
     TensorFlow emulates bfloat16, several times slower than float32."""
-    if not platform.startswith("linux") or environ.get("TF_ENABLE_ONEDNN_OPTS", "1").lower() in ("0", "false"):
+    if not platform.startswith("linux") or not onednn_on(environ):
         return False
     if environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in BFLOAT16_ISAS:
         return False
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags(cpuinfo))
+
+
+def bfloat16_convolutions_fail(environ: dict, platform: str = sys.platform, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether a bfloat16 convolution would stop TensorFlow here: oneDNN on, and an x86-64 CPU without AVX-512
+    or a cap below it (ONEDNN_MAX_CPU_ISA=AVX2), where oneDNN has no bfloat16 convolution. Known on Linux only."""
+    flags, cap = cpu_flags(cpuinfo), environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    below_avx512 = cap in ("SSE41", "AVX") or cap.startswith("AVX2") or "avx512f" not in flags
+    return platform.startswith("linux") and "sse2" in flags and onednn_on(environ) and below_avx512
 
 
 def flush_folder(folder: str | os.PathLike, platform: str = sys.platform) -> None:

@@ -41,6 +41,39 @@ def test_native_bfloat16_needs_the_instructions_onednn_and_no_cap_below_them(tmp
     assert not system.native_bfloat16({}, "linux", str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize("flags, environ, platform, fails", [
+    (AVX2, {}, "linux", True),  # oneDNN (on unless told) has no bfloat16 convolution below AVX-512
+    (AVX512_BF16, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "linux", True),
+    (AVX512_BF16, {"ONEDNN_MAX_CPU_ISA": "avx2_vnni"}, "linux", True),
+    (AVX2, {"TF_ENABLE_ONEDNN_OPTS": "0"}, "linux", False),  # TensorFlow's own kernels: slow, but they run
+    ("flags\t\t: fpu sse2 avx2 avx512f\n", {}, "linux", False),  # oneDNN emulates bfloat16 with AVX-512
+    (AVX512_BF16, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}, "linux", False),
+    ("Features\t: fp asimd bf16\n", {}, "linux", False),  # not x86-64: no such rule known
+    (AVX2, {}, "darwin", False),
+])
+def test_bfloat16_convolutions_fail_where_onednn_has_no_avx512(tmp_path, flags, environ, platform, fails):
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\n{flags}")
+    assert system.bfloat16_convolutions_fail(environ, platform, str(tmp_path / "cpuinfo")) is fails
+
+
+def test_a_bfloat16_conv_net_is_refused_in_one_line_where_it_cannot_run(tmp_path, monkeypatch, capsys):
+    """Without AVX-512 (here: capped at AVX2), oneDNN would stop the training at its first update with a
+    traceback: a new run and the resume of a bfloat16 run stop before anything is written, saying what to do."""
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert run_main("--env", "ALE/Pong-v5", "--precision", "bfloat16", "--logdir", tmp_path / "runs") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use --precision float32" in err and "ONEDNN_MAX_CPU_ISA=AVX2" in err, err
+    assert not (tmp_path / "runs").exists()
+    run_dir = tmp_path / "started-elsewhere"  # a bfloat16 run begun on a CPU with AVX-512
+    run_dir.mkdir()
+    (run_dir / "checkpoint.npz").write_bytes(b"")
+    (run_dir / "args.json").write_text(json.dumps({"env": "ALE/Pong-v5", "precision": "bfloat16"}))
+    assert run_main("--resume", run_dir) == 2
+    assert f"use --resume {run_dir} --precision float32" in capsys.readouterr().err
+    assert json.loads((run_dir / "args.json").read_text())["precision"] == "bfloat16"
+
+
 def test_the_cpu_kind_is_named_by_its_best_instructions():
     assert system.cpu_kind({"avx2", "avx512f", "avx512_bf16", "amx_tile"}) == "AVX-512 with AMX"
     assert system.cpu_kind({"avx2", "avx512f", "avx512_bf16"}) == "AVX-512 with AVX512_BF16, no AMX"

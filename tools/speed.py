@@ -18,6 +18,7 @@ Memory:      python tools/speed.py --memory
 
 import argparse
 import functools
+import os
 import statistics
 import sys
 import time
@@ -34,7 +35,7 @@ from plumbing import settings  # noqa: E402
 from plumbing.bookkeeping import prepare_run  # noqa: E402
 from plumbing.settings import Parser, fail  # noqa: E402
 from plumbing.startup import prepare_for  # noqa: E402
-from plumbing.system import cpu_kind  # noqa: E402
+from plumbing.system import bfloat16_convolutions_fail, cpu_kind  # noqa: E402
 from replay_buffer import PrioritizedReplayBuffer  # noqa: E402
 
 # The tutorial's regime: 2x32 network, batch 64, one gradient step per env step. Training
@@ -109,11 +110,14 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
     preset = settings.preset(env_id)
     args = settings.parse_args(["--env", env_id, *flags])
     prepare_for(args)  # oneDNN on, as in an Atari training, before TensorFlow loads
-    alone, trained = [], {p: [] for p in PRECISIONS}
-    update_ms, acting_ms = {p: [] for p in PRECISIONS}, {p: [] for p in PRECISIONS}
+    precisions = ["float32"] if bfloat16_convolutions_fail(os.environ) else PRECISIONS
+    if precisions != PRECISIONS:
+        print("float32 only: oneDNN has no bfloat16 convolutions on this CPU (it needs AVX-512)", flush=True)
+    alone, trained = [], {p: [] for p in precisions}
+    update_ms, acting_ms = {p: [] for p in precisions}, {p: [] for p in precisions}
     for r in range(repeats):
         alone.append(time_atari_games(env_id, preset["num_envs"], args.threads))
-        for precision in PRECISIONS:
+        for precision in precisions:
             name = f"atari-{precision}-{r}"
             trial = dict(name=name, config="atari", seed=r, run_dir=str((root / name).resolve()),
                          flags=["--env", env_id, *ATARI_SPEED, "--precision", precision, *flags])
@@ -135,9 +139,10 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
         medians = {p: statistics.median(v) for p, v in values.items()}
         for p, v in values.items():
             print(f"  {name}, {p}: {listed(v, unit == 'ms')} {unit}, median {medians[p]:.{int(unit == 'ms')}f}")
-        faster = medians["bfloat16"] / medians["float32"] if unit != "ms" else medians["float32"] / medians["bfloat16"]
-        print(f"    bfloat16 is {faster:.2f}x as fast as float32")
-    parts = {p: taken_apart(root, env_id, flags, p) for p in PRECISIONS}
+        if "bfloat16" in medians:
+            faster = medians["bfloat16"] / medians["float32"]
+            print(f"    bfloat16 is {faster if unit != 'ms' else 1 / faster:.2f}x as fast as float32")
+    parts = {p: taken_apart(root, env_id, flags, p) for p in precisions}
     print_parts(parts, preset)
     print(f"atari_steps_per_second: {statistics.median(trained['float32']):.0f}")
 
