@@ -21,7 +21,8 @@ def add_network_flags(net) -> None:
                      help="what the network's hidden layers compute in; its weights, Q-values, loss and optimizer "
                           "stay float32. auto: float32 (bfloat16 made Atari's update 1.16x faster on an AVX512_BF16 "
                           "CPU, but Pong learned worse; a dense net's update is slower). bfloat16 is native only with "
-                          "AMX or AVX512_BF16 and oneDNN on. --resume keeps the run's own unless told")
+                          "AMX or AVX512_BF16 and oneDNN on; a conv net needs AVX-512. --resume keeps the run's "
+                          "own unless told")
 
 
 def add_dqn_flags(dqn) -> None:
