@@ -129,14 +129,16 @@ def table(rows: list[dict], runs: list[dict]) -> str:
         shares.append(mean / DQN_2013[game])
         runs_of = [took.get((game, s)) for s in seeds if (game, s) in finals]
         minutes = ", ".join(f"{r['minutes']}" if r else "-" for r in runs_of)
-        machines = "; ".join(f"{r['cpu']}, {r['precision']}" if r else "-" for r in runs_of)
-        lines.append(f"| {game} | " + " | ".join("-" if x is None else f"{x:g}" for x in scores) +
-                     f" | {mean:g} | {human_normalised(game, mean):.2f} | {DQN_2013[game]} | {shares[-1]:.0%} | "
-                     f"{minutes} | {machines} |")
+        machines = "; ".join(dict.fromkeys(f"{r['cpu']}, {r['precision']}" if r else "-" for r in runs_of))
+        places = min(2, max(len(f"{x:g}".partition(".")[2]) for x in scores if x is not None))  # 18.15 and 18.00
+        mean_places = min(2, places + (round(mean, places) != mean))  # 18 and 17: 17.5
+        lines.append(f"| {game} | " + " | ".join("-" if x is None else f"{x:.{places}f}" for x in scores) +
+                     f" | {mean:.{mean_places}f} | {human_normalised(game, mean):.2f} | {DQN_2013[game]} | "
+                     f"{shares[-1]:.0%} | {minutes} | {machines} |")
     lines.append("")
     for seed in seeds:
         of_seed = [human_normalised(g, x) for (g, s), x in finals.items() if s == seed]
-        lines.append(f"seed {seed}: median human-normalised score over {len(of_seed)} games: "
+        lines.append(f"seed {seed}: median human-normalised score over {len(of_seed)} game{'s' * (len(of_seed) > 1)}: "
                      f"{statistics.median(of_seed):.2f}")
     lines.append(f"the seeds' mean is at least half the 2013 DQN's on {sum(x >= 0.5 for x in shares)} of "
                  f"{len(shares)} games")
