@@ -459,7 +459,6 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
-
 def main() -> int:
     a = parse_args()
     name = a.resume or a.name or time.strftime("bench-%Y%m%d-%H%M%S")
