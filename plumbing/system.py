@@ -1,7 +1,8 @@
 """What differs between Linux, macOS and Windows, in one place: the cores this process may use, its
-peak memory, whether the CPU computes bfloat16 natively (or oneDNN can at all), making a rename survive a power cut, a child
-process that ends with its parent, and the tests' self-stop. Each takes the platform as an argument
-(default: this one), so that the tests run the other systems' branches on Linux.
+peak memory, whether the CPU computes bfloat16 natively (or oneDNN can at all), making a rename
+survive a power cut, a child process that ends with its parent, and the tests' self-stop. Each takes
+the platform as an argument (default: this one), so that the tests run the other systems' branches
+on Linux.
 """
 
 import ctypes
