@@ -128,7 +128,8 @@ def atari(root: Path, env_id: str, flags: list[str], repeats: int) -> None:
             update, acting = time_update_and_acting(args, precision, preset["num_envs"])
             update_ms[precision].append(update)
             acting_ms[precision].append(acting)
-    cpu = cpu_kind()
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    cpu = cpu_kind() + (f", oneDNN capped at {cap}" if cap else "")
     print(f"{env_id}, {preset['num_envs']} games, {args.threads} thread{'s' * (args.threads > 1)}, CPU: {cpu}")
     print(f"  games alone (random actions): {listed(alone)} env steps/s, median {statistics.median(alone):.0f}")
     ratio = preset["train_freq"] / preset["gradient_steps"]
@@ -265,14 +266,15 @@ def print_parts(parts: dict, preset: dict) -> None:
         per_step[precision] = us
     print(f"one training taken apart ({parts['float32']['steps']:,} steps each, in this process; evaluations and "
           f"snapshots every {PERIOD:,} steps, counted here as at the preset's periods): microseconds per env step")
-    print(f"  {'part':26} " + " ".join(f"{p:>18}" for p in parts))
+    width = max(map(len, [*PARTS, "total"]))
+    print(f"  {'part':{width}} " + " ".join(f"{p:>18}" for p in parts))
     for part in [*PARTS, "rest", "total"]:
         cells = []
         for us in per_step.values():
             total = sum(us.values())
             value = total if part == "total" else us[part]
             cells.append(f"{value:8.0f} ({value / total:4.0%})")
-        print(f"  {part:26} " + " ".join(f"{c:>18}" for c in cells))
+        print(f"  {part:{width}} " + " ".join(f"{c:>18}" for c in cells))
 
 
 def time_atari_games(env_id: str, num_envs: int, threads: int, steps: int = 40_000) -> float:
