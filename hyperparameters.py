@@ -18,11 +18,11 @@ def add_network_flags(net) -> None:
     net.add_argument("--loss", choices=["mse", "huber"], default="mse",
                      help="squared error, or Huber (squared near 0, linear beyond 1: DQN's 'error clipping')")
     net.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
-                     help="what the network's hidden layers compute in; its weights, Q-values, loss and optimizer "
-                          "stay float32. auto: float32 (bfloat16 made Atari's update 1.16x faster on an AVX512_BF16 "
-                          "CPU, but Pong learned worse; a dense net's update is slower). bfloat16 is native only with "
-                          "AMX or AVX512_BF16 and oneDNN on; a conv net needs AVX-512. --resume keeps the run's "
-                          "own unless told")
+                     help="what the hidden layers compute in (Atari: the convolutions); the weights, Q-values, loss "
+                          "and optimizer stay float32. auto: float32 (bfloat16 made Atari's update 1.14x faster on an "
+                          "AVX512_BF16 CPU, and one Pong seed is not enough to trust it; dense nets are slower in it). "
+                          "bfloat16 is native only with AMX or AVX512_BF16 and oneDNN on; a conv net needs AVX-512. "
+                          "--resume keeps the run's own unless told")
 
 
 def add_dqn_flags(dqn) -> None:

@@ -260,7 +260,7 @@ def parse_args(argv: list[str] | None = None, algo: str = "dqn") -> argparse.Nam
     args = p.parse_args(argv)
     check_args(args)
     if algo == "dqn" and not args.resume and args.precision == "auto":  # args.json records the choice
-        # float32 everywhere: bfloat16 made Atari's update faster, but Pong learned worse (docs/atari.md)
+        # float32 everywhere: bfloat16 made Atari's update a little faster, learning unproven (docs/atari.md)
         args.precision = "float32"
     if args.model and args.eval and args.episodes is None:  # as many as a training's final evaluation plays
         args.episodes = args.final_eval_episodes or None
