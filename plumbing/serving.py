@@ -5,6 +5,7 @@ Q-values of every action; the greedy action is their argmax. Beside them, the Ke
 in the classic HDF5 format (`run.py --model DIR/model.h5 --view` plays it).
 """
 
+import logging
 import os
 import shutil
 import tempfile
@@ -47,8 +48,7 @@ def export(model, env_id: str, directory: str) -> list[Path]:
             warnings.simplefilter("ignore", FutureWarning)  # tf2onnx looks up np.object, which numpy 2 renamed
             for name, fmt in FORMATS.items():
                 network.export(str(staging / name), format=fmt, verbose=False)
-            warnings.simplefilter("ignore", UserWarning)  # Keras calls HDF5 a legacy format: it is, and asked for
-            model.save(staging / KERAS_H5)
+            save_h5(model, staging / KERAS_H5)
         label_onnx(staging / "model.onnx", env_id)
         umask = os.umask(0)
         os.umask(umask)
@@ -61,6 +61,18 @@ def export(model, env_id: str, directory: str) -> list[Path]:
         raise
     flush_folder(target.parent)
     return [target / name for name in [*FORMATS, KERAS_H5]]
+
+
+def save_h5(model, path: Path) -> None:
+    """Save the model as Keras HDF5 without Keras' warning (through absl's logger) that the format is legacy:
+    it is, and --export was asked for it."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        model.save(path)
+    finally:
+        absl.setLevel(level)
 
 
 def label_onnx(path: Path, env_id: str) -> None:

@@ -2,6 +2,7 @@
 the Keras model's Q-values and greedy returns; see.py --policy plays the ONNX one without TensorFlow;
 run.py --plot draws what the network learned; and what cannot be done is one line, exit 2."""
 
+import logging
 import re
 
 import keras
@@ -157,6 +158,17 @@ def test_see_plays_an_onnx_policy_without_tensorflow_as_run_py_plays_the_model(t
     # episode elsewhere, and one of 20 returns in [-200, 0] moves the mean by at most 10.
     keras_mean = float(keras_run.stdout.strip().splitlines()[-1].split()[3])
     assert abs(float(line.split()[3]) - keras_mean) <= 10
+
+
+def test_export_says_what_it_wrote_and_nothing_else(trained_run, tmp_path, capfd, caplog):
+    """One line naming the four files, and no warning: on stderr, or logged (Keras warns through absl's logger,
+    which pytest catches, that HDF5 is a legacy format)."""
+    capfd.readouterr()
+    assert run_main("--model", trained_run / "final.keras", "--export", tmp_path / "served") == 0
+    out, err = capfd.readouterr()
+    names = ["saved_model", "model.onnx", "model.tflite", "model.h5"]
+    assert out == "wrote " + " ".join(str(tmp_path / "served" / name) for name in names) + "\n" and err == "", err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_see_writes_a_gif_of_an_onnx_policy(trained_run, tmp_path):
