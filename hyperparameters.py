@@ -20,7 +20,7 @@ def add_network_flags(net) -> None:
     net.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                      help="what the hidden layers compute in (Atari: the convolutions); the weights, Q-values, loss "
                           "and optimizer stay float32. auto: float32 (bfloat16 made Atari's update 1.14x faster on an "
-                          "AVX512_BF16 CPU; 2 Pong seeds learned as in float32, a 3rd is to come; dense nets: slower). "
+                          "AVX512_BF16 CPU; 3 Pong seeds ended at a mean of 17.8 against 18.2; dense nets: slower). "
                           "bfloat16 is native only with AMX or AVX512_BF16 and oneDNN on; a conv net needs AVX-512. "
                           "--resume keeps the run's own unless told")
 
