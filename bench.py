@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -129,6 +130,9 @@ def make_trials(configs: list[dict[str, str]], seeds: list[int], common: list[st
 # ------------------------------------------------------ running one trial, and many
 
 
+RUNNING: set[subprocess.Popen] = set()  # the trainings running now: Ctrl-C tells each to stop
+
+
 def run_trial(trial: dict) -> dict:
     """Train one trial with `python run.py` and return its summary with `status` (finished,
     interrupted, diverged or failed) and `error`. Never raises: one bad trial cannot stop the
@@ -149,8 +153,11 @@ def run_trial(trial: dict) -> dict:
     started = time.time()
     with open(log_file, "a") as log:
         script = HERE / trial.get("script", "run.py")  # benches from before algo= ran only run.py
-        proc = subprocess.run([sys.executable, str(script), *cmd], stdout=log, stderr=subprocess.STDOUT,
-                              **ending_with_parent())
+        proc = subprocess.Popen([sys.executable, str(script), *cmd], stdout=log, stderr=subprocess.STDOUT,
+                                **ending_with_parent())
+        RUNNING.add(proc)
+        proc.wait()
+        RUNNING.discard(proc)
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "failed"}
     error = None
     if proc.returncode != 0:  # run.py's last line says why (a one-line error, or how it stopped)
@@ -175,9 +182,18 @@ def run_in_processes(trials: list[dict], parallel: int | None, on_done) -> list[
     with ThreadPoolExecutor(parallel or fitting(trials)) as pool:
         futures = [pool.submit(run_trial, t) for t in trials]
         results = []
-        for f in as_completed(futures):
-            results.append(f.result())
-            on_done(results[-1])
+        try:
+            for f in as_completed(futures):
+                results.append(f.result())
+                on_done(results[-1])
+        except KeyboardInterrupt:  # Ctrl-C: the queued trials never start, the running ones stop with a snapshot
+            for f in futures:
+                f.cancel()
+            for proc in list(RUNNING):  # SIGTERM stops one that Ctrl-C did not reach (`kill -INT` to bench.py);
+                proc.send_signal(signal.SIGTERM)  # one it reached ignores it (a second SIGINT would kill it)
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: they are saving already
+                pool.shutdown(wait=True)
+            raise
     return results
 
 
@@ -494,7 +510,13 @@ def main() -> int:
     started = time.time()
     if todo:
         if a.no_ray:
-            new = run_in_processes(todo, a.parallel, on_done)
+            try:
+                new = run_in_processes(todo, a.parallel, on_done)
+            except KeyboardInterrupt:
+                bar.close()
+                print(f"bench.py: interrupted; the running trainings saved a snapshot. Continue with: "
+                      f"python bench.py --resume {name}", file=sys.stderr)
+                return 130
         else:
             new = run_on_ray(todo, a.parallel, root, on_done)
         kept.update({r["name"]: r for r in new})

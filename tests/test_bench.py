@@ -192,6 +192,27 @@ def test_resume_continues_a_trial_whose_training_was_killed(tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_bench_with_a_snapshot_and_starts_no_further_trial(tmp_path):
+    """SIGINT to bench.py alone (not its trainings, as `kill -INT` sends it): the running training stops with a
+    snapshot, the next seed's never starts, and bench.py says how to continue, exit 130."""
+    flags = ["--no-ray", "--parallel", "1", "--seeds", "2", "--name", "c", "--algo", "tabular", "--steps", "5000000",
+             "--", "--snapshot-every", "20000", "--eval-every", "0"]
+    bench_proc = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *flags], cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "bench" / "c" / "runs"
+    deadline = time.time() + 120
+    while not (runs / "default_seed0" / "checkpoint.npz").exists():
+        assert time.time() < deadline and bench_proc.poll() is None
+        time.sleep(0.1)
+    bench_proc.send_signal(signal.SIGINT)
+    _, err = bench_proc.communicate(timeout=60)
+    assert bench_proc.returncode == 130 and err.strip().splitlines()[-1] == (
+        "bench.py: interrupted; the running trainings saved a snapshot. Continue with: python bench.py --resume c")
+    assert json.loads((runs / "default_seed0" / "summary.json").read_text())["status"] == "interrupted"
+    assert not (runs / "default_seed1").exists()
+
+
+@pytest.mark.slow
 def test_killing_bench_stops_its_training_with_a_snapshot_to_resume(tmp_path):
     # `kill` to bench.py: its training gets SIGTERM (once per thread of bench.py it is handed to,
     # as the process ends), stops between two steps and saves; a second signal must not kill it.
