@@ -49,11 +49,10 @@ class Run:
     def __init__(self, args: argparse.Namespace, run_dir: Path, state, resuming: bool,
                  epsilon_at: Callable[[int], float]):
         self.args, self.run_dir, self.state = args, run_dir, state
-        unit = "frames" if isinstance(state.replay, FrameReplayBuffer) else "transitions"
         emulated = args.precision == "bfloat16" and not native_bfloat16(os.environ)
         network = f"{args.precision}{', emulated on this CPU (slower than float32)' * emulated}"
-        print(f"network: {network}; replay: {args.buffer_size:,} {unit}, {state.replay.nbytes / 2**20:,.0f} MiB",
-              flush=True)
+        replay = f"{args.buffer_size:,} {replay_unit(state.replay)}, {state.replay.nbytes / 2**20:,.0f} MiB"
+        print(f"network: {network}; replay: {replay}", flush=True)
         if resuming:
             resume(run_dir, state, epsilon_at)
         self.log = TensorBoardLogger(run_dir, None if resuming else vars(args), state.progress.step)
@@ -92,7 +91,7 @@ class Run:
         save_model(state.model, self.run_dir / f"step_{p.step}.keras")
         save_checkpoint(self.run_dir, state, dataclasses.replace(p, train_seconds=self.clock()))
         self.bar.write(f"saved step_{p.step}.keras and the checkpoint at step {p.step} ({len(state.replay)} "
-                       "transitions)")
+                       f"{replay_unit(state.replay)})")
 
     def finish(self, status: str, eval_env, evaluate: Callable[[int], np.ndarray]) -> dict:
         """Save what the status calls for; after a finished run, evaluate the last and the final weights
@@ -133,13 +132,18 @@ def load_checkpoint(run_dir: Path, state) -> None:
     state.progress = bookkeeping.load_checkpoint(run_dir, state.rng, restore)
 
 
+def replay_unit(replay) -> str:
+    """What the replay counts: Atari's stores frames (stacks are rebuilt when sampled), the others transitions."""
+    return "frames" if isinstance(replay, FrameReplayBuffer) else "transitions"
+
+
 def resume(run_dir: Path, state, epsilon_at: Callable[[int], float]) -> None:
     """--resume: the checkpoint into `state`, leftovers of a write a crash cut short removed."""
     load_checkpoint(run_dir, state)
     remove_leftovers(run_dir)
     step, threads = state.progress.step, tf.config.threading.get_intra_op_parallelism_threads()
-    print(f"resuming {run_dir} at step {step}: epsilon {epsilon_at(step):.3f}, {len(state.replay)} transitions in "
-          f"replay, {threads} TensorFlow thread{'s' * (threads > 1)}", flush=True)
+    print(f"resuming {run_dir} at step {step}: epsilon {epsilon_at(step):.3f}, {len(state.replay)} "
+          f"{replay_unit(state.replay)} in replay, {threads} TensorFlow thread{'s' * (threads > 1)}", flush=True)
 
 
 def end_files(args: argparse.Namespace, state, status: str, run_dir: Path, log,

@@ -4,6 +4,7 @@ resumes in the precision it started in."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -168,7 +169,10 @@ def test_a_run_resumes_in_the_precision_it_started_in_unless_told(tmp_path, caps
     assert json.loads((run_dir / "args.json").read_text())["precision"] == "bfloat16"
     interrupt_at_the_first_snapshot(run_dir / "step_800.keras")
     assert run_main("--resume", run_dir) == 130
-    assert f"network: bfloat16{emulated}" in capsys.readouterr().out
+    resumed = capsys.readouterr().out
+    assert f"network: bfloat16{emulated}" in resumed
+    assert re.search(r"at step 4\d\d: epsilon \S+, \d+ frames in replay", resumed)  # Atari's replay holds frames
+    assert re.search(r"the checkpoint at step 800 \(\d+ frames\)", resumed)
     assert computes_in(run_dir / "step_800.keras") == "mixed_bfloat16"  # the network the resumed run trained
     assert run_main("--resume", run_dir, "--precision", "float32") == 0
     assert "network: float32; replay: " in capsys.readouterr().out
