@@ -95,9 +95,15 @@ def log_training(log: TensorBoardLogger, state, averages: Averages, scalars: dic
     for tag, value in scalars.items():
         if value is not None:
             log.scalar(tag, value, p.step)
-    tqdm.write(f"episode {p.episode:5d}  step {p.step:7d}  loss {means.get('train/loss', np.nan):8.4f}  "
-               f"return {last_return:7.1f}  epsilon {scalars['train/epsilon']:.3f}  "
+    tqdm.write(f"episode {p.episode:5d}  step {p.step:7d}  loss {shown(means.get('train/loss'), 8, 4)}  "
+               f"return {shown(last_return, 7, 1)}  epsilon {scalars['train/epsilon']:.3f}  "
                f"{scalars['perf/steps_per_second']:6.0f} steps/s  {rss:4.0f} MiB")
+
+
+def shown(value: float | None, width: int, decimals: int) -> str:
+    """A number for the log line, or "-" where there is none yet: no gradient step taken or no episode
+    ended since the run started or resumed ("nan" would read as a diverged run)."""
+    return f"{value:{width}.{decimals}f}" if value is not None and np.isfinite(value) else "-".rjust(width)
 
 
 def weight_distance(model, target) -> float:

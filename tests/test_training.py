@@ -211,7 +211,7 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn, terminal):
     (stdout) and, in a terminal, the progress bars (stderr); redirected to a file, no bars at all."""
     with Terminal() if terminal else contextlib.nullcontext() as tty:
         r = script("run.py", "--steps", "1000", "--learning-starts", "200", "--eval-every", "1000", "--eval-episodes",
-                   "1", "--final-eval-episodes", "1", "--log-every", "500", "--snapshot-every", "500", "--name",
+                   "1", "--final-eval-episodes", "1", "--log-every", "100", "--snapshot-every", "500", "--name",
                    "clean", cwd=tmp_path, env={"TF_ENABLE_ONEDNN_OPTS": onednn},
                    **({"stderr": tty.fd} if terminal else {}))
     if terminal:
@@ -221,6 +221,9 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path, onednn, terminal):
            "1000 steps and 800 gradient steps in ")
     assert all(line.startswith(own) for line in r.stdout.splitlines()), r.stdout
     assert sum(line.startswith("saved step_") for line in r.stdout.splitlines()) == 2
+    # step 100: no gradient step yet (learning starts at 200) and no episode ended (they last 200 steps)
+    first = next(line for line in r.stdout.splitlines() if line.startswith("episode "))
+    assert re.search(r"step +100  loss +-  return +-  ", first) and "nan" not in r.stdout, r.stdout
     bars = [seg for seg in re.split(r"[\r\n]|\x1b\[A", r.stderr) if seg.strip()]
     assert all(re.match(r"(train|eval): +\d+%\|", seg) for seg in bars), r.stderr
     assert bool(bars) == terminal, r.stderr
