@@ -152,7 +152,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, games: AtariGa
     update, q_values = make_update(model, state.target, args.double, args.tau), q_function(acting)
     n_actions = int(games.single_action_space.n)
     replay.start_all(obs)
-    stats, last_return = Averages(), np.nan  # losses and TD errors since the last log line
+    stats, last_return = Averages(), None  # losses and TD errors since the last log line
     while p.step < args.steps and not run.stopping:
         before, step = p.step, p.step + games.num_envs
         # act in every game, step them, store the transitions (learning from the sign of each reward)

@@ -59,7 +59,7 @@ class TensorBoardLogger:
 class Averages(defaultdict):
     """Values gathered between two log lines, by name: `averages["loss"].append(x)` (a plain list, so
     the training adds to it without a call here) or `averages.add(loss=x)`; `take()` gives their means
-    and starts over. A name with no values averages to NaN (not logged)."""
+    and starts over. A name with no values averages to NaN (not logged); `.get(name)` gives None."""
 
     def __init__(self):
         super().__init__(list)
@@ -83,7 +83,7 @@ def log_episode(log: TensorBoardLogger, episode: dict, step: int) -> float:
 
 
 def log_training(log: TensorBoardLogger, state, averages: Averages, scalars: dict[str, float | None],
-                 last_return: float) -> None:
+                 last_return: float | None) -> None:
     """DQN's training curves (docs/algorithm.md lists every tag) to TensorBoard: the averages since the
     last log line as train/NAME, `scalars` (None: a setting that is off), the distance between the
     online and target weights, the speed and the memory; and one line under the progress bar."""
@@ -101,9 +101,9 @@ def log_training(log: TensorBoardLogger, state, averages: Averages, scalars: dic
 
 
 def shown(value: float | None, width: int, decimals: int) -> str:
-    """A number for the log line, or "-" where there is none yet: no gradient step taken or no episode
-    ended since the run started or resumed ("nan" would read as a diverged run)."""
-    return f"{value:{width}.{decimals}f}" if value is not None and np.isfinite(value) else "-".rjust(width)
+    """A number for the log line, or "-" for None, where there is none yet: no gradient step taken or no
+    episode ended since the run started or resumed. A NaN still prints as nan: it means a diverged run."""
+    return "-".rjust(width) if value is None else f"{value:{width}.{decimals}f}"
 
 
 def weight_distance(model, target) -> float:

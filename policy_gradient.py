@@ -416,8 +416,8 @@ def log_progress(log: TensorBoardLogger, p: bookkeeping.Progress, averages: Aver
     for name in ("loss", "policy_loss", "value_loss", "entropy"):
         log.scalar(f"train/{name}", means[name], p.step)
     log.scalar("perf/steps_per_second", sps, p.step)
-    bar.write(f"episode {p.episode:6d}  step {p.step:8d}  value loss {shown(means['value_loss'], 8, 3)}  "
-              f"entropy {means['entropy']:.3f}  return {shown(means['episode_return'], 7, 1)}  {sps:6.0f} steps/s")
+    bar.write(f"episode {p.episode:6d}  step {p.step:8d}  value loss {shown(means.get('value_loss'), 8, 3)}  "
+              f"entropy {means['entropy']:.3f}  return {shown(means.get('episode_return'), 7, 1)}  {sps:6.0f} steps/s")
 
 
 def evaluate_periodically(args: argparse.Namespace, state: TrainingState, eval_env: gym.Env, log: TensorBoardLogger,

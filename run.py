@@ -243,7 +243,7 @@ def training_loop(args: argparse.Namespace, state: TrainingState, env: gym.Env, 
     p, replay, rng, q_values = state.progress, state.replay, state.rng, QValues(state.model)
     update = make_update(state.model, state.target, args.double, args.tau)
     copy_to_target = tf.function(lambda: update_target(state.target, state.model))  # one compiled call in all
-    stats, last_return = Averages(), np.nan  # losses and TD errors since the last log line
+    stats, last_return = Averages(), None  # losses and TD errors since the last log line
     while p.step < args.steps and not run.stopping:
         step = p.step + 1
         # act, step the env, store the transition

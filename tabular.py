@@ -211,8 +211,8 @@ def log_progress(log: TensorBoardLogger, p: Progress, averages: Averages, epsilo
     for tag, value in {"train/td_error": means["td_error"], "train/epsilon": epsilon, "perf/steps_per_second": sps,
                        "train/cells_visited": visited}.items():
         log.scalar(tag, value, p.step)
-    bar.write(f"episode {p.episode:6d}  step {p.step:8d}  |td| {shown(means['td_error'], 7, 4)}  "
-              f"return {shown(means['episode_return'], 7, 1)}  epsilon {epsilon:.3f}  {sps:6.0f} steps/s")
+    bar.write(f"episode {p.episode:6d}  step {p.step:8d}  |td| {shown(means.get('td_error'), 7, 4)}  "
+              f"return {shown(means.get('episode_return'), 7, 1)}  epsilon {epsilon:.3f}  {sps:6.0f} steps/s")
 
 
 def finish(args: argparse.Namespace, tables: dict, p: Progress, status: str, eval_env: gym.Env, run_dir: Path,

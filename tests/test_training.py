@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES, ROOT, checkpoint_state, run_main, scalars, script, summary
 
+from loggers import shown
 from plumbing.envs import make_env, run_episodes
 from plumbing.keras_files import load_model
 from plumbing.settings import parse_args
@@ -201,6 +202,12 @@ def test_sigint_saves_a_snapshot_and_resume_continues(tmp_path):
     assert s2["status"] == "finished" and s2["steps"] == 8000 and (run_dir / "final.keras").is_file()
     assert s2["episodes"] > s["episodes"] and [e[0] for e in s2["evals"]] == [4000, 8000]
     assert s2["train_seconds"] > s["train_seconds"]
+
+
+def test_a_log_line_shows_a_missing_value_as_a_dash_and_a_diverged_one_as_nan():
+    """No loss or return yet is "-"; a NaN loss (a diverged run) must still read as nan."""
+    assert shown(None, 8, 4) == "       -" and shown(0.25, 8, 4) == "  0.2500"
+    assert shown(float("nan"), 8, 4).strip() == "nan"
 
 
 @pytest.mark.slow
